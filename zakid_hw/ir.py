@@ -1,0 +1,117 @@
+"""The integer IR: one small graph form that every ONNX flavour lowers to.
+
+A :class:`Graph` is a list of :class:`Node` in topological order over named :class:`Tensor` values. Op
+semantics live in :mod:`zakid_hw.golden` (one numpy function per op); this module only holds data and the
+table of ops with their attributes, so that importers, passes, the golden model, the cost model and the
+hardware generator all agree on names.
+
+Ops (``attrs`` in brackets; per-channel arrays run along the last axis):
+
+``quantize``    float32 -> int8/uint8   [scale (f32), zero_point, dtype]
+``dequantize``  int8/uint8 -> float32   [scale (f32), zero_point]
+``dense``       int8/uint8 -> int32 accumulator
+                ``acc = (x - x_zp) @ (weight - w_zp).T + bias``  [weight (N, K) int, w_zp (scalar or N),
+                x_zp, bias (N,) int]
+``requantize``  int32 -> int8/uint8
+                ``q = clip(rint_half_even(f32(f32(acc) * multiplier)) + zero_point, qmin, qmax)``
+                [multiplier (f32, scalar or per channel), zero_point, dtype, qmin, qmax]
+``relu``        int8/uint8 -> same, ``max(q, zero_point)``  [zero_point]
+``threshold``   int32 -> int8/uint8, ``q = base + #{j : acc >= thresholds[c, j]}``
+                [thresholds (C, T) int, base, dtype]; C is 1 (shared) or the channel count
+``reshape``     any -> same dtype, new shape  [shape]
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DTYPES = {
+    "float32": (None, None),
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int32": (-(2**31), 2**31 - 1),
+}
+
+OPS = {
+    "quantize": ("scale", "zero_point", "dtype"),
+    "dequantize": ("scale", "zero_point"),
+    "dense": ("weight", "w_zp", "x_zp", "bias"),
+    "requantize": ("multiplier", "zero_point", "dtype", "qmin", "qmax"),
+    "relu": ("zero_point",),
+    "threshold": ("thresholds", "base", "dtype"),
+    "reshape": ("shape",),
+}
+
+
+def dtype_range(dtype: str) -> tuple[int, int]:
+    """Smallest and largest value of an integer dtype name."""
+    lo, hi = DTYPES[dtype]
+    if lo is None:
+        raise ValueError(f"{dtype} has no integer range")
+    return lo, hi
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    #: for int8/uint8 tensors: the real value is (q - zero_point) * scale
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"unknown IR op {self.op!r} (node {self.name!r})")
+        missing = [a for a in OPS[self.op] if a not in self.attrs]
+        if missing:
+            raise ValueError(f"IR node {self.name!r} ({self.op}) lacks attributes {missing}")
+
+
+@dataclass
+class Graph:
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    tensors: dict[str, Tensor]
+    nodes: list[Node]
+    #: free-form facts about where the graph came from (source format, quantization scheme, ...)
+    meta: dict = field(default_factory=dict)
+
+    def copy(self) -> "Graph":
+        return copy.deepcopy(self)
+
+    def producer(self, tensor: str) -> Node | None:
+        for n in self.nodes:
+            if tensor in n.outputs:
+                return n
+        return None
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [n for n in self.nodes if tensor in n.inputs]
+
+    def nodes_of(self, op: str) -> list[Node]:
+        return [n for n in self.nodes if n.op == op]
+
+    def summary(self) -> str:
+        lines = [f"graph {self.name}: inputs {self.inputs} outputs {self.outputs}"]
+        for n in self.nodes:
+            shapes = [self.tensors[t].shape for t in n.outputs]
+            lines.append(f"  {n.name}: {n.op} {n.inputs} -> {n.outputs} {shapes}")
+        return "\n".join(lines)
+
+
+def as_f32(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
