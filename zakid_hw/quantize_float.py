@@ -1,0 +1,189 @@
+"""Quantize a float MLP with onnxruntime's ``quantize_static`` so that :mod:`zakid_hw.onnx_import` can import it.
+
+Default scheme (:data:`DEFAULT_SCHEME`, recorded in ``graph.meta["quantization"]``):
+
+* QOperator format: the layers become com.microsoft QGemm nodes (explicit integer kernels: what the file says
+  is what onnxruntime runs, no fusion involved);
+* int8 activations (asymmetric, zero point from the calibrated range, so a folded Relu costs nothing) and
+  int8 weights (symmetric, zero point 0), the natural operands of signed 8x8 multipliers;
+* per-channel weight scales (one requantization multiplier per output neuron: better accuracy for the
+  price of a small constant table);
+* MinMax calibration over every calibration row.
+
+Before quantizing, the float graph is put in a canonical form: MatMul + constant Add becomes one Gemm
+(transB=1) so that the bias lands in the int32 accumulator instead of a separate QLinearAdd, and Gemm's
+alpha/beta are folded into its weight and bias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from .errors import ZakidError
+
+DEFAULT_SCHEME = {
+    "format": "qoperator",
+    "activation_type": "int8",
+    "weight_type": "int8",
+    "per_channel": True,
+    "reduce_range": False,
+    "weight_symmetric": True,
+    "activation_symmetric": False,
+    "calibration_method": "minmax",
+}
+
+
+def _fail(msg: str):
+    raise ZakidError(" ".join(msg.split()))
+
+
+def calibration_rows(calibration, shape, name: str) -> np.ndarray:
+    """The calibration array as float32 rows of exactly ``shape``; accepts rows of ``shape`` or of ``shape``
+    without its leading batch 1 (first axis indexes rows)."""
+    try:
+        arr = np.asarray(calibration, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        _fail(f"calibration data is not a numeric array: {e}.")
+    shape = tuple(shape)
+    ok = [shape] + ([shape[1:]] if len(shape) > 1 and shape[0] == 1 else [])
+    if arr.ndim == 0 or tuple(arr.shape[1:]) not in ok or arr.shape[0] == 0:
+        alts = " or ".join(str((-1,) + s).replace("-1", "rows") for s in ok)
+        _fail(f"calibration data has shape {arr.shape}, but input {name!r} has shape {shape}: pass an array of "
+              f"shape {alts} with at least one row (the first axis indexes rows).")
+    if not np.all(np.isfinite(arr)):
+        _fail("calibration data contains NaN or infinite values.")
+    return arr.reshape((arr.shape[0],) + shape)
+
+
+def canonicalize(model):
+    """Return a copy in which every Gemm is ``Gemm(x, W (N, K), b (N,), transB=1)`` with alpha and beta
+    folded into W and b, and every MatMul by a constant followed by the Add of a constant bias is such a Gemm
+    (only for a 2-D MatMul input, as Gemm requires). transA=1 raises ZakidError."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inferred = onnx.shape_inference.infer_shapes(m).graph
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.input, *inferred.value_info]}
+    users = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+
+    def new_init(arr, base):
+        name = base
+        while name in inits:
+            name += "_"
+        inits[name] = arr
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
+        return name
+
+    def gemm(n, x, w_nk, bias, out):
+        ins = [x, new_init(w_nk, n.input[1] + "_nk")]
+        if bias is not None:
+            ins.append(new_init(np.broadcast_to(np.reshape(bias, -1), (w_nk.shape[0],)), n.input[1] + "_bias"))
+        return helper.make_node("Gemm", ins, [out], name=n.name, transB=1)
+
+    nodes, fused = [], set()
+    for n in g.node:
+        if id(n) in fused:
+            continue
+        if n.op_type == "Gemm":
+            a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+            if a.get("transA", 0):
+                _fail(f"node {n.name!r} (Gemm) has transA=1, which is not supported (the input must be (1, K)).")
+            consts = [inits.get(i) for i in n.input[1:] if i]
+            if any(c is None for c in consts):
+                _fail(f"node {n.name!r} (Gemm): its weight and bias must be constants (initializers).")
+            w = consts[0] if a.get("transB", 0) else consts[0].T
+            bias = consts[1] * np.float32(a.get("beta", 1.0)) if len(consts) > 1 else None
+            n = gemm(n, n.input[0], w * np.float32(a.get("alpha", 1.0)), bias, n.output[0])
+        elif n.op_type == "MatMul" and n.input[1] in inits and inits[n.input[1]].ndim == 2 \
+                and rank.get(n.input[0]) == 2 and n.output[0] not in outputs \
+                and [u.op_type for u in users.get(n.output[0], [])] == ["Add"]:
+            add = users[n.output[0]][0]
+            other = [i for i in add.input if i != n.output[0]]
+            b = inits.get(other[0]) if len(other) == 1 else None
+            w = inits[n.input[1]]
+            if b is not None and b.size in (1, w.shape[1]) and b.shape[:-1] in ((), (1,)):
+                n = gemm(n, n.input[0], w.T, b, add.output[0])
+                fused.add(id(add))
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return m
+
+
+class _Rows:
+    def __init__(self, name, rows):
+        self._it = iter([{name: r} for r in rows])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantizer logs advice through the root logger; keep it off the user's console."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def quantize_float(model, calibration, scheme: dict | None = None):
+    """Quantize a float ONNX model with ``quantize_static``; return (quantized ModelProto, scheme dict)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+
+    from .onnx_import import ORT_MAX_IR_VERSION, _graph_inputs, static_shape
+
+    scheme = dict(DEFAULT_SCHEME, **(scheme or {}))
+    inp = _graph_inputs(model)[0]
+    shape = static_shape(inp, "graph input")
+    rows = calibration_rows(calibration, shape, inp.name)
+    fmodel = canonicalize(model)
+    fmodel.ir_version = min(fmodel.ir_version, ORT_MAX_IR_VERSION)
+
+    class Reader(_Rows, CalibrationDataReader):
+        pass
+
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory(prefix="zakid_quant_") as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "quantized.onnx")
+        onnx.save(fmodel, src)
+        try:
+            with _quiet():
+                quantize_static(
+                    src, dst, Reader(inp.name, rows),
+                    quant_format={"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}[scheme["format"]],
+                    activation_type=types[scheme["activation_type"]], weight_type=types[scheme["weight_type"]],
+                    per_channel=scheme["per_channel"], reduce_range=scheme["reduce_range"],
+                    calibrate_method=methods[scheme["calibration_method"]],
+                    extra_options={"WeightSymmetric": scheme["weight_symmetric"],
+                                   "ActivationSymmetric": scheme["activation_symmetric"]})
+        except ZakidError:
+            raise
+        except Exception as e:
+            _fail(f"onnxruntime's quantize_static failed on this model: {type(e).__name__}: {e}.")
+        qmodel = onnx.load(dst)
+    qmodel.ir_version = min(qmodel.ir_version, ORT_MAX_IR_VERSION)
+    return qmodel, dict(scheme, calibration_rows=int(rows.shape[0]), preprocessing="MatMul+Add fused to Gemm")
