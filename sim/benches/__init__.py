@@ -1,0 +1,1 @@
+"""cocotb test modules (benches) run by :func:`sim.runner.simulate`."""
