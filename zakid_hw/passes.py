@@ -103,8 +103,7 @@ def requantize_to_threshold(graph: Graph) -> Graph:
             lo, hi = lo.min(keepdims=True), hi.max(keepdims=True)
         thr = thresholds_for(a["multiplier"], a["zero_point"], a["qmin"], a["qmax"], lo, hi)
         node.op = "threshold"
-        node.attrs = {"thresholds": thr, "base": int(a["qmin"]), "dtype": a["dtype"],
-                      "acc_range": (int(np.min(lo)), int(np.max(hi)))}
+        node.attrs = {"thresholds": thr, "base": int(a["qmin"]), "dtype": a["dtype"]}
     return g
 
 

@@ -1,0 +1,30 @@
+"""The configuration object that drives hardware generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """How to build the accelerator, independent of the model.
+
+    lanes:        MAC lanes, i.e. output neurons computed in parallel.
+    dsp_lanes:    how many of them multiply in a DSP block (SB_MAC16, inferred by Yosys); the others use
+                  shift-and-add multipliers in logic cells. 0 on devices without DSPs.
+    clock_mhz:    the clock the design runs at (the PLL output, or the board oscillator).
+    uart_divisor: clock cycles per UART bit (clock / baud); simulation uses a small one.
+    """
+
+    lanes: int = 8
+    dsp_lanes: int = 8
+    clock_mhz: float = 12.0
+    uart_divisor: int = 104
+
+    def __post_init__(self):
+        if self.lanes < 1:
+            raise ValueError("lanes must be at least 1")
+        if not 0 <= self.dsp_lanes <= self.lanes:
+            raise ValueError("dsp_lanes must lie between 0 and lanes")
+        if self.uart_divisor < 4:
+            raise ValueError("uart_divisor must be at least 4")

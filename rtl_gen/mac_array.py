@@ -1,0 +1,60 @@
+"""The MAC array: ``lanes`` multiply-accumulate units sharing one activation per cycle."""
+
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+X_WIDTH = 9  # an int8 or uint8 activation code, sign- or zero-extended
+
+
+def shift_add_product(x, w, w_width):
+    """``x * w`` for signed ``x`` and signed ``w`` built from shifted adds, so Yosys maps it to logic
+    cells rather than a DSP block."""
+    terms = [Mux(w[i], x, 0) << i for i in range(w_width)]
+    return sum(terms[:-1]) - terms[-1]
+
+
+class MacArray(wiring.Component):
+    """``lanes`` accumulators, each ``acc = bias + sum(x * w)`` over one sequence of products.
+
+    Ports:
+        x:     in, signed(9): the activation, shared by all lanes.
+        w:     in, one signed(w_width) weight per lane.
+        bias:  in, one signed(acc_width) bias per lane, read when ``first`` is set.
+        valid: in, 1: take the product of ``x`` and ``w`` this cycle.
+        first: in, 1: this product starts a new sum (the accumulator restarts from ``bias``).
+        acc:   out, one signed(acc_width) accumulator per lane; a product entered in cycle t is included
+               from cycle t+2 on.
+
+    Lanes ``0 .. dsp_lanes-1`` use an inferred multiplier (SB_MAC16 on iCE40 UP5K); the rest use
+    :func:`shift_add_product`.
+    """
+
+    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width):
+        self.lanes, self.dsp_lanes, self.w_width, self.acc_width = lanes, dsp_lanes, w_width, acc_width
+        super().__init__({
+            "x": In(signed(X_WIDTH)),
+            "w": In(data.ArrayLayout(signed(w_width), lanes)),
+            "bias": In(data.ArrayLayout(signed(acc_width), lanes)),
+            "valid": In(1),
+            "first": In(1),
+            "acc": Out(data.ArrayLayout(signed(acc_width), lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        valid_d = Signal()
+        first_d = Signal()
+        m.d.sync += [valid_d.eq(self.valid), first_d.eq(self.first)]
+        for lane in range(self.lanes):
+            prod = Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}")
+            bias_d = Signal(signed(self.acc_width), name=f"bias{lane}")
+            if lane < self.dsp_lanes:
+                m.d.sync += prod.eq(self.x * self.w[lane])
+            else:
+                m.d.sync += prod.eq(shift_add_product(self.x, self.w[lane], self.w_width))
+            m.d.sync += bias_d.eq(self.bias[lane])
+            acc = self.acc[lane]
+            with m.If(valid_d):
+                m.d.sync += acc.eq(Mux(first_d, bias_d, acc) + prod)
+        return m

@@ -1,0 +1,65 @@
+"""cocotb bench for the accelerator core: writes input codes, starts, waits, reads output codes.
+
+Parameters: ``rows`` (list of lists of input codes), ``out_len``.
+Result: ``outputs`` (list of lists of raw 8-bit output codes), ``cycles`` (per row, from the core's
+cycle counter) and ``sim_cycles`` (per row, counted by the bench from start to done).
+"""
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from sim.runner import bench_params, bench_result
+
+
+async def reset(dut):
+    dut.rst.value = 1
+    dut.in_we.value = 0
+    dut.start.value = 0
+    dut.out_addr.value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+
+async def infer(dut, codes, out_len):
+    for i, c in enumerate(codes):
+        dut.in_we.value = 1
+        dut.in_addr.value = i
+        dut.in_data.value = int(c) & 0xFF
+        await RisingEdge(dut.clk)
+    dut.in_we.value = 0
+    dut.start.value = 1
+    await RisingEdge(dut.clk)
+    dut.start.value = 0
+    started = cocotb.utils.get_sim_time("ns")
+    await RisingEdge(dut.done)
+    sim_cycles = round((cocotb.utils.get_sim_time("ns") - started) / 10) + 1  # counting the start cycle
+    await RisingEdge(dut.clk)  # the core latches its cycle counter at the end of the done cycle
+    await ReadOnly()
+    cycles = int(dut.cycles.value)
+    await RisingEdge(dut.clk)
+    out = []
+    dut.out_addr.value = 0
+    for i in range(out_len):
+        await RisingEdge(dut.clk)  # the read port samples the address set before this edge
+        dut.out_addr.value = min(i + 1, out_len - 1)
+        await ReadOnly()
+        out.append(int(dut.out_data.value))
+    await RisingEdge(dut.clk)
+    return out, cycles, sim_cycles
+
+
+@cocotb.test()
+async def run_rows(dut):
+    p = bench_params()
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    await reset(dut)
+    outputs, cycles, sim_cycles = [], [], []
+    for row in p["rows"]:
+        out, c, s = await infer(dut, row, p["out_len"])
+        outputs.append(out)
+        cycles.append(c)
+        sim_cycles.append(s)
+    bench_result(outputs=outputs, cycles=cycles, sim_cycles=sim_cycles)
