@@ -99,9 +99,9 @@ class Accelerator(wiring.Component):
         m.d.comb += [macs.x.eq(x), macs.w.eq(w_rd.data), macs.bias.eq(b_rd.data),
                      macs.valid.eq(s1["valid"]), macs.first.eq(s1["first"])]
 
-        # the group's sums are final two cycles after its last step entered the MAC array
+        # the group's sums are final three cycles after its last step entered the MAC array
         delay = [s1]
-        for i in range(2):
+        for i in range(3):
             prev = delay[-1]
             nxt = {k: Signal.like(v, name=f"d{i}_{k}") for k, v in prev.items()}
             m.d.sync += [nxt[k].eq(prev[k]) for k in prev]

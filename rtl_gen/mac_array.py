@@ -24,7 +24,7 @@ class MacArray(wiring.Component):
         valid: in, 1: take the product of ``x`` and ``w`` this cycle.
         first: in, 1: this product starts a new sum (the accumulator restarts from ``bias``).
         acc:   out, one signed(acc_width) accumulator per lane; a product entered in cycle t is included
-               from cycle t+2 on.
+               from cycle t+3 on (input register, product register, accumulator).
 
     Lanes ``0 .. dsp_lanes-1`` use an inferred multiplier (SB_MAC16 on iCE40 UP5K); the rest use
     :func:`shift_add_product`.
@@ -43,17 +43,24 @@ class MacArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # input register: keeps memory read paths and the multipliers in separate cycles
+        x = Signal.like(self.x)
+        w = Signal.like(self.w)
+        bias = Signal.like(self.bias)
+        valid_i, first_i = Signal(), Signal()
+        m.d.sync += [x.eq(self.x), w.eq(self.w), bias.eq(self.bias), valid_i.eq(self.valid),
+                     first_i.eq(self.first)]
         valid_d = Signal()
         first_d = Signal()
-        m.d.sync += [valid_d.eq(self.valid), first_d.eq(self.first)]
+        m.d.sync += [valid_d.eq(valid_i), first_d.eq(first_i)]
         for lane in range(self.lanes):
             prod = Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}")
             bias_d = Signal(signed(self.acc_width), name=f"bias{lane}")
             if lane < self.dsp_lanes:
-                m.d.sync += prod.eq(self.x * self.w[lane])
+                m.d.sync += prod.eq(x * w[lane])
             else:
-                m.d.sync += prod.eq(shift_add_product(self.x, self.w[lane], self.w_width))
-            m.d.sync += bias_d.eq(self.bias[lane])
+                m.d.sync += prod.eq(shift_add_product(x, w[lane], self.w_width))
+            m.d.sync += bias_d.eq(bias[lane])
             acc = self.acc[lane]
             with m.If(valid_d):
                 m.d.sync += acc.eq(Mux(first_d, bias_d, acc) + prod)

@@ -196,7 +196,7 @@ def test_float_with_calibration(tmp_path, kwargs, calib_shape):
     q = graph.meta["quantization"]
     assert graph.meta["source_format"] == "float+calibration"
     assert (q["format"], q["activation_type"], q["weight_type"], q["per_channel"], q["calibration_method"],
-            q["calibration_rows"]) == ("qoperator", "int8", "int8", True, "minmax", calib_shape[0])
+            q["calibration_rows"]) == ("qoperator", "int8", "int8", False, "minmax", calib_shape[0])
     assert graph.nodes_of("threshold") == []  # MatMul + Add was fused to Gemm before quantizing
     qmodel, _ = quantize_float(model, calib)
     onnx.save(qmodel, tmp_path / "quantized.onnx")

@@ -6,8 +6,9 @@ Default scheme (:data:`DEFAULT_SCHEME`, recorded in ``graph.meta["quantization"]
   is what onnxruntime runs, no fusion involved);
 * int8 activations (asymmetric, zero point from the calibrated range, so a folded Relu costs nothing) and
   int8 weights (symmetric, zero point 0), the natural operands of signed 8x8 multipliers;
-* per-channel weight scales (one requantization multiplier per output neuron: better accuracy for the
-  price of a small constant table);
+* per-tensor weight scales (onnxruntime's own default): one requantization multiplier per layer, so the
+  hardware requantizer needs one threshold table per layer; per-channel scales would need one table per
+  output neuron, which costs far more block RAM than the weights of a small MLP;
 * MinMax calibration over every calibration row.
 
 Before quantizing, the float graph is put in a canonical form: MatMul + constant Add becomes one Gemm
@@ -30,7 +31,7 @@ DEFAULT_SCHEME = {
     "format": "qoperator",
     "activation_type": "int8",
     "weight_type": "int8",
-    "per_channel": True,
+    "per_channel": False,
     "reduce_range": False,
     "weight_symmetric": True,
     "activation_symmetric": False,

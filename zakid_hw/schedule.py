@@ -244,3 +244,27 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
     act_depth = max(max(l.k, l.n) for l in layers)
     return AccelImage(lanes, w_width, acc_width, act_depth, out_bits, weight_words, bias_words, stages,
                       descs, program.in_len, program.out_len)
+
+
+#: cycles from a group's last MAC step until its first sum enters the requantizer (memory read, MAC input
+#: register, product register, accumulate, copy to the drain), and the requantizer's latency beyond its stages
+PIPELINE_TO_DRAIN = 5
+REQUANT_EXTRA = 2
+
+
+def layer_cycles(desc: LayerDescriptor, lanes: int, out_bits: int) -> int:
+    """Exact cycles the controller spends on one layer (tests check it against RTL simulation): one
+    cycle to open each group plus one per input; groups overlap with the previous group's drain when the
+    layer has at least as many inputs as lanes, otherwise they wait for it; then the last group drains
+    and the requantizer empties."""
+    if desc.k >= lanes:
+        issue = desc.groups * (1 + desc.k)
+    else:
+        issue = (1 + desc.k) + (desc.groups - 1) * (desc.k + PIPELINE_TO_DRAIN + lanes)
+    last_n = desc.n - (desc.groups - 1) * lanes
+    return issue + last_n + PIPELINE_TO_DRAIN + out_bits + REQUANT_EXTRA
+
+
+def cycles_per_inference(image: AccelImage) -> int:
+    """Cycles from ``start`` to ``done`` (the core's own counter): the start cycle plus every layer."""
+    return 1 + sum(layer_cycles(d, image.lanes, image.out_bits) for d in image.layers)

@@ -318,5 +318,5 @@ def build_bitstream(top, board, out_dir, *, f_mhz: float, seed: int | None = Non
         asked = "" if abs(f_target - float(f_mhz)) < 1e-9 else f" (the PLL's nearest to {f_mhz:g})"
         raise ZakidError(f"The design does not meet timing on {board.name}: the sync clock runs at "
                          f"{f_target:g} MHz{asked} but nextpnr achieved Fmax {fmax}. Ask for a "
-                         f"lower clock frequency (--freq), or try another --seed.")
+                         f"lower clock frequency (--clock), or try another --seed.")
     return result

@@ -1,0 +1,88 @@
+"""True end-to-end runs: ONNX -> RTL simulation (cocotb + Verilator) -> bitstream, on the shipped example."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from zakid_hw import schedule
+from zakid_hw.compiler import compile_model
+from zakid_hw.simulate import golden_outputs, simulate_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits"
+
+
+def ort_outputs(path, xs):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.stack([s.run(None, {"x": x.reshape(1, -1)})[0] for x in xs])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return np.load(DIGITS / "digits_x.npy"), np.load(DIGITS / "digits_y.npy")
+
+
+def test_whole_digits_set_in_rtl_equals_onnxruntime(digits):
+    """Every one of the 1797 images through the generated RTL: outputs equal onnxruntime's bit for bit,
+    so the accuracy is the same too."""
+    xs, ys = digits
+    c = compile_model(DIGITS / "digits_mlp_int8.onnx")
+    res = simulate_model(c, xs)
+    want = ort_outputs(DIGITS / "digits_mlp_int8.onnx", xs)
+    np.testing.assert_array_equal(res.outputs.reshape(want.shape), want)
+    np.testing.assert_array_equal(res.outputs, golden_outputs(c, xs))
+    acc_rtl = float((res.outputs.reshape(len(xs), -1).argmax(1) == ys).mean())
+    acc_ort = float((want.reshape(len(xs), -1).argmax(1) == ys).mean())
+    assert acc_rtl == acc_ort > 0.95
+    assert set(res.cycles) == {schedule.cycles_per_inference(c.image)}
+
+
+def test_float_model_with_calibration_in_rtl(digits, tmp_path):
+    """The float model quantized by the tool itself: RTL equals the golden model and onnxruntime on the
+    quantized model the tool made."""
+    xs, _ = digits
+    calib = np.load(DIGITS / "calib.npy")
+    c = compile_model(DIGITS / "digits_mlp.onnx", calibration=calib)
+    assert c.graph.meta["quantization"]["calibration_rows"] == len(calib)
+    res = simulate_model(c, xs[:300])
+    np.testing.assert_array_equal(res.outputs, golden_outputs(c, xs[:300]))
+
+
+def test_cli_sim_whole_design_over_uart(digits, tmp_path):
+    """`zakid-hw sim --uart --check`: the full top level (UART host link included) on a few images."""
+    xs, _ = digits
+    np.save(tmp_path / "x.npy", xs[:4])
+    r = subprocess.run([sys.executable, "-m", "zakid_hw.cli", "sim", str(DIGITS / "digits_mlp_int8.onnx"),
+                        "--input", "x.npy", "--output", "y.npy", "--check", "--uart"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "check passed" in r.stdout
+    y = np.load(tmp_path / "y.npy")
+    assert y.dtype == np.float32 and y.shape == (4, 1, 10)
+    np.testing.assert_array_equal(y, ort_outputs(DIGITS / "digits_mlp_int8.onnx", xs[:4]))
+
+
+def test_build_example_to_bitstream(tmp_path):
+    """The README's main job: ONNX -> verified RTL -> bitstream + report for the iCEBreaker."""
+    r = subprocess.run([sys.executable, "-m", "zakid_hw.cli", "build", str(DIGITS / "digits_mlp_int8.onnx"),
+                        "--fpga", "ice40"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + r.stdout
+    out = tmp_path / "build" / "digits_mlp_int8"
+    assert (out / "digits_mlp_int8.bin").stat().st_size > 50_000
+    assert "module" in (out / "digits_mlp_int8.v").read_text()
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("model", "device", "board", "macs", "mac_lanes", "cycles_per_inference", "fmax_mhz", "clock_mhz",
+                "latency_us", "inferences_per_s", "resources", "layers"):
+        assert key in rep
+    assert rep["device"] == "up5k" and rep["board"] == "icebreaker" and rep["macs"] == 64 * 16 + 16 * 10
+    assert rep["timing_met"] and rep["fmax_mhz"] >= rep["clock_mhz"]
+    assert rep["resources"]["lc"]["total"] == 5280 and 0 < rep["resources"]["lc"]["used"] < 5280
+    assert rep["resources"]["dsp"]["used"] >= 1
+    assert sum(l["cycles"] for l in rep["layers"]) + 1 == rep["cycles_per_inference"]
+    assert rep["latency_us"] == pytest.approx(rep["cycles_per_inference"] / rep["clock_mhz"], rel=1e-3)
+    assert [p.name for p in tmp_path.joinpath("build").iterdir()] == ["digits_mlp_int8"]  # no temp folders left

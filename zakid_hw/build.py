@@ -1,0 +1,140 @@
+"""``build``: verify the generated RTL against the golden model, synthesize, place, route and pack, and
+write the output folder atomically (everything goes to a temporary sibling folder that is renamed into
+place only when every step has succeeded)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from boards.top import BoardTop
+from rtl_gen.system import AcceleratorSystem
+
+from . import schedule
+from .compiler import Compiled
+from .errors import ZakidError
+from .simulate import simulate_codes, verification_rows
+from .synth import build_bitstream
+
+
+def build(compiled: Compiled, out_dir, *, seed=None, calibration_path=None, log=print) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        report = _build_into(compiled, tmp, seed=seed, calibration_path=calibration_path, log=log)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(old / "x")
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_into(compiled: Compiled, out: Path, *, seed, calibration_path, log) -> dict:
+    c = compiled
+    name = Path(c.model_path).stem
+    log(f"[1/3] RTL simulation: checking the generated design against the golden model")
+    rows = verification_rows(c)
+    got, cycles = simulate_codes(c, rows)
+    want = np.stack([c.program.accel_golden(r) for r in rows])
+    mismatches = int((got != want).sum())
+    if mismatches:
+        raise ZakidError(f"internal error: the generated RTL differs from the golden model on {mismatches} "
+                         f"outputs of {want.size}; please report this with the model")
+    predicted = schedule.cycles_per_inference(c.image)
+    if len(set(cycles)) != 1 or cycles[0] != predicted:
+        raise ZakidError(f"internal error: simulated cycles {sorted(set(cycles))} differ from the cycle model "
+                         f"({predicted}); please report this with the model")
+    log(f"      {len(rows)} inferences bit-exact, {cycles[0]} cycles each")
+
+    log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz")
+    top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
+    synth = build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name,
+                            require_timing=True)
+    shutil.copy(synth.bitstream, out / f"{name}.bin")
+    shutil.copy(synth.verilog, out / f"{name}.v")
+    shutil.copy(c.model_path, out / "model.onnx")
+    if calibration_path is not None:
+        shutil.copy(calibration_path, out / "calibration.npy")
+
+    log("[3/3] Report")
+    report = make_report(c, cycles[0], synth, len(rows))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.txt").write_text(text_report(report))
+    return report
+
+
+def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
+    clock = c.config.clock_mhz
+    latency_us = cycles / clock
+    bytes_per_inference = 1 + c.program.in_len + 1 + c.program.out_len + 4
+    baud = clock * 1e6 / c.config.uart_divisor
+    uart_s = bytes_per_inference * 10 / baud
+    res = {k: {"used": v.used, "total": v.total} for k, v in synth.resources.items()
+           if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
+    layers = []
+    for l, d in zip(c.program.layers, c.image.layers):
+        layers.append({"name": l.name, "op": "dense", "inputs": l.k, "outputs": l.n, "macs": l.macs,
+                       "lane_groups": d.groups, "cycles": schedule.layer_cycles(d, c.image.lanes, c.image.out_bits),
+                       "input_type": l.in_dtype, "output_type": l.out_dtype,
+                       "requantizer_tables": int(l.thresholds.shape[0])})
+    return {
+        "model": Path(c.model_path).name,
+        "source_format": c.graph.meta.get("source_format"),
+        "quantization": c.graph.meta.get("quantization"),
+        "warnings": c.graph.meta.get("warnings", []),
+        "device": c.board.device.name,
+        "board": c.board.name,
+        "macs": c.program.macs,
+        "mac_lanes": c.config.lanes,
+        "dsp_lanes": c.config.dsp_lanes,
+        "cycles_per_inference": cycles,
+        "mac_bound_cycles": -(-c.program.macs // c.config.lanes),
+        "clock_mhz": round(clock, 3),
+        "fmax_mhz": round(synth.fmax_mhz, 2) if synth.fmax_mhz else None,
+        "timing_met": synth.timing_met,
+        "latency_us": round(latency_us, 3),
+        "inferences_per_s": round(1e6 / latency_us, 1),
+        "host_link": {"interface": "uart", "baud": round(baud), "bytes_per_inference": bytes_per_inference,
+                      "transfer_ms": round(uart_s * 1e3, 3),
+                      "inferences_per_s_over_uart": round(1 / (uart_s + latency_us * 1e-6), 1)},
+        "resources": res,
+        "memories": c.memories,
+        "accumulator_bits": c.image.acc_width,
+        "weight_bits": c.image.w_width,
+        "layers": layers,
+        "host_steps": {"before": [n.op for n in c.program.host_pre], "after": [n.op for n in c.program.host_post]},
+        "signature": f"{c.signature:08x}",
+        "verification": {"rtl_rows_checked": verified_rows, "mismatches": 0},
+        "build_seconds": round(synth.build_seconds, 1),
+    }
+
+
+def text_report(r: dict) -> str:
+    res = r["resources"]
+    lines = [
+        f"zakid-hw build of {r['model']} for {r['board']} ({r['device']})",
+        f"  model:       {r['macs']} MACs in {len(r['layers'])} layers ({r['source_format']})",
+        f"  accelerator: {r['mac_lanes']} MAC lanes ({r['dsp_lanes']} in DSPs), clock {r['clock_mhz']} MHz "
+        f"(Fmax {r['fmax_mhz']} MHz{'' if r['timing_met'] else ', TIMING NOT MET'})",
+        f"  speed:       {r['cycles_per_inference']} cycles = {r['latency_us']} us per inference, "
+        f"{r['inferences_per_s']:.0f} inferences/s (MAC bound {r['mac_bound_cycles']} cycles)",
+        f"  host link:   UART {r['host_link']['baud']} baud, {r['host_link']['transfer_ms']} ms transfer, "
+        f"{r['host_link']['inferences_per_s_over_uart']:.0f} inferences/s end to end",
+        "  resources:   " + ", ".join(f"{k} {v['used']}/{v['total']}" for k, v in res.items()),
+        "  layers:",
+    ]
+    for l in r["layers"]:
+        lines.append(f"    {l['name']}: {l['inputs']} -> {l['outputs']}, {l['macs']} MACs, {l['cycles']} cycles")
+    for w in r["warnings"]:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines) + "\n"

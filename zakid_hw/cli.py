@@ -1,0 +1,164 @@
+"""``zakid-hw``: build, simulate and run quantized ONNX models on iCE40 FPGAs.
+
+Every user mistake ends in one ``error:`` paragraph and exit status 2 (see :mod:`zakid_hw.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ZakidError
+
+
+def model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="CALIB.npy",
+                   help="calibration inputs for a float model (first axis indexes rows)")
+    p.add_argument("--fpga", default="ice40", help="FPGA family (ice40)")
+    p.add_argument("--device", help="device: up5k (default), hx8k, hx1k")
+    p.add_argument("--board", help="board: icebreaker (default for up5k), ice40-hx8k-b-evn, icestick")
+    p.add_argument("--lanes", type=int, help="MAC lanes (default: sized to the device)")
+    p.add_argument("--clock", type=float, metavar="MHZ", help="clock frequency (default: per device)")
+    p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="zakid-hw", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="ONNX model -> verified RTL, bitstream and report")
+    b.add_argument("model", help="ONNX model file")
+    model_options(b)
+    b.add_argument("--out", help="output folder (default build/<model name>)")
+    b.add_argument("--seed", type=int, help="nextpnr placement seed")
+    s = sub.add_parser("sim", help="run the generated RTL in simulation (cocotb + Verilator)")
+    s.add_argument("model", help="ONNX model file")
+    model_options(s)
+    s.add_argument("--input", required=True, metavar="X.npy", help="inputs, first axis indexes inferences")
+    s.add_argument("--output", metavar="Y.npy", help="where to write the outputs")
+    s.add_argument("--check", action="store_true", help="compare every output with the golden model")
+    s.add_argument("--uart", action="store_true", help="simulate the whole design behind its UART link")
+    r = sub.add_parser("run", help="run inferences on a board over its UART")
+    r.add_argument("build_dir", help="a folder written by 'zakid-hw build'")
+    r.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB1)")
+    r.add_argument("--input", required=True, metavar="X.npy")
+    r.add_argument("--output", metavar="Y.npy")
+    r.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    return ap
+
+
+def load_npy(path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ZakidError(f"{what} file {path} does not exist") from None
+    except Exception as e:
+        raise ZakidError(f"cannot read {what} file {path} as a numpy .npy array: {e}") from None
+
+
+def save_npy(path, arr) -> None:
+    """Write atomically: a failure leaves no half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def compile_from_args(a, model):
+    from .compiler import compile_model
+    calib = load_npy(a.calibration, "calibration") if a.calibration else None
+    return compile_model(model, calibration=calib, fpga=a.fpga, device=a.device, board=a.board,
+                         lanes=a.lanes, clock_mhz=a.clock, baud=a.baud)
+
+
+def cmd_build(a) -> int:
+    from .build import build
+    c = compile_from_args(a, a.model)
+    out = Path(a.out) if a.out else Path("build") / Path(a.model).stem
+    report = build(c, out, seed=a.seed, calibration_path=a.calibration)
+    from .build import text_report
+    print(text_report(report), end="")
+    print(f"wrote {out}/ ({Path(a.model).stem}.bin, {Path(a.model).stem}.v, report.json, report.txt)")
+    return 0
+
+
+def cmd_sim(a) -> int:
+    from .simulate import golden_outputs, simulate_model
+    c = compile_from_args(a, a.model)
+    xs = load_npy(a.input, "input")
+    res = simulate_model(c, xs, uart=a.uart)
+    if a.output:
+        save_npy(a.output, res.outputs.astype(np.float32 if res.outputs.dtype.kind == "f" else np.int64))
+    cyc = sorted(set(res.cycles))
+    print(f"simulated {len(res.cycles)} inferences of {Path(a.model).name} "
+          f"({'whole design over UART' if a.uart else 'accelerator core'}): "
+          f"{cyc[0] if len(cyc) == 1 else cyc} cycles per inference")
+    if a.check:
+        want = golden_outputs(c, xs)
+        bad = int(np.sum(res.outputs.reshape(want.shape) != want))
+        if bad:
+            print(f"check FAILED: {bad} of {want.size} outputs differ from the golden model", file=sys.stderr)
+            return 1
+        print(f"check passed: all {want.size} outputs equal the golden model bit for bit")
+    return 0
+
+
+def cmd_run(a) -> int:
+    from . import protocol
+    from .compiler import compile_model
+    bdir = Path(a.build_dir)
+    rep_path = bdir / "report.json"
+    if not rep_path.is_file():
+        raise ZakidError(f"{bdir} is not a build folder (no report.json); run 'zakid-hw build' first")
+    try:
+        rep = json.loads(rep_path.read_text())
+        board, lanes, clock, baud = rep["board"], rep["mac_lanes"], rep["clock_mhz"], rep["host_link"]["baud"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ZakidError(f"{rep_path} is not a report written by 'zakid-hw build' ({type(e).__name__}: {e}); "
+                         f"rebuild {bdir} with 'zakid-hw build'") from None
+    calib = load_npy(bdir / "calibration.npy", "calibration") if (bdir / "calibration.npy").exists() else None
+    c = compile_model(bdir / "model.onnx", calibration=calib, board=board, lanes=lanes, clock_mhz=clock)
+    from .simulate import to_codes
+    codes = to_codes(c, load_npy(a.input, "input"))
+    with protocol.SerialLink(a.port, baudrate=baud) as link:
+        drv = protocol.Driver(link, in_dtype=c.in_dtype, out_dtype=c.out_dtype, timeout=a.timeout)
+        info = drv.info()
+        if (info.in_len, info.out_len, info.signature) != (c.program.in_len, c.program.out_len, c.signature):
+            raise ZakidError(f"the board on {a.port} runs a different model (signature {info.signature:08x}, "
+                             f"expected {c.signature:08x} from {bdir}); load {bdir}/*.bin onto it")
+        outs, cycles = [], []
+        for row in codes:
+            out, cyc = drv.infer(row)
+            outs.append(c.program.from_codes(out))
+            cycles.append(cyc)
+    outputs = np.stack(outs) if outs else np.zeros((0,))
+    if a.output:
+        save_npy(a.output, outputs)
+    print(f"ran {len(cycles)} inferences on {a.port}: {sorted(set(cycles))} cycles per inference")
+    return 0
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return {"build": cmd_build, "sim": cmd_sim, "run": cmd_run}[a.command](a)
+    except ZakidError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return ZakidError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The compile flow shared by ``build``, ``sim`` and ``run``: ONNX -> IR -> passes -> program -> memory
+image + configuration, with the fit check against the chosen device."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from boards.boards import Board, select_board
+from boards.pll import pll_config
+from rtl_gen.config import AccelConfig
+
+from . import passes, schedule
+from .errors import ZakidError
+from .ir import Graph
+from .onnx_import import load_model
+
+#: default clock per device family member: what nextpnr closes for the generated design with margin
+DEFAULT_CLOCK_MHZ = {"up5k": 30.0, "hx8k": 36.0, "hx1k": 36.0}
+DEFAULT_BAUD = 115200
+#: EBR aspect ratios (depth, width) of SB_RAM40_4K
+EBR_MODES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
+#: logic cells a shift-and-add 9x8 multiplier lane costs, measured on UP5K builds
+LUT_LANE_LC = 110
+
+
+@dataclass
+class Compiled:
+    model_path: str
+    graph: Graph           # as imported
+    lowered: Graph         # after the hardware passes
+    program: schedule.Program
+    image: schedule.AccelImage
+    config: AccelConfig
+    board: Board
+    memories: dict         # name -> {"bits", "ebr"}
+    signature: int
+
+    @property
+    def in_dtype(self) -> str:
+        return self.program.graph.tensors[self.program.accel_in].dtype
+
+    @property
+    def out_dtype(self) -> str:
+        return self.program.graph.tensors[self.program.accel_out].dtype
+
+
+def ebr_blocks(depth: int, width: int) -> int:
+    """Block RAMs Yosys needs for one memory of this shape (best aspect ratio)."""
+    if depth == 0 or width == 0:
+        return 0
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in EBR_MODES)
+
+
+def memory_plan(image: schedule.AccelImage) -> dict:
+    """Every memory of the design with its size; small threshold stages end up in logic, so only
+    stages of 32 entries or more are counted as block RAM."""
+    aw = max(1, math.ceil(math.log2(image.act_depth)))
+    mems = {
+        "weights": (len(image.weight_words), image.lanes * image.w_width),
+        "biases": (len(image.bias_words), image.lanes * image.acc_width),
+        "activations": (2 << aw, 8),
+    }
+    for s, stage in enumerate(image.threshold_stages):
+        if len(stage) >= 32:
+            mems[f"thresholds{s}"] = (len(stage), image.acc_width)
+    plan = {name: {"depth": d, "width": w, "bits": d * w, "ebr": ebr_blocks(d, w)} for name, (d, w) in mems.items()}
+    if plan["biases"]["depth"] < 32:
+        plan["biases"]["ebr"] = 0  # a few words: Yosys keeps them in logic
+    return plan
+
+
+def signature_of(image: schedule.AccelImage) -> int:
+    """32-bit identifier of a compiled model (weights, biases, thresholds, layer table)."""
+    h = zlib.crc32(repr((image.weight_words, image.bias_words, image.threshold_stages,
+                         [vars(d) for d in image.layers], image.lanes)).encode())
+    return h & 0xFFFFFFFF
+
+
+def default_lanes(board: Board, program: schedule.Program) -> tuple[int, int]:
+    """(lanes, dsp_lanes): one lane per DSP block on a device with DSPs (logic-cell lanes cost about
+    LUT_LANE_LC each; ask for them with ``lanes``), 8 logic-cell lanes on a device without."""
+    widest = max(l.n for l in program.layers)
+    dsp = board.device.dsp
+    lanes = dsp if dsp else 8
+    lanes = max(1, min(lanes, widest))
+    return lanes, min(dsp, lanes)
+
+
+def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
+    dev = board.device
+    problems = []
+    ebr = sum(m["ebr"] for m in plan.values())
+    if ebr > dev.ebr:
+        biggest = sorted(plan.items(), key=lambda kv: -kv[1]["ebr"])[:3]
+        detail = ", ".join(f"{n} {m['bits'] / 8192:.1f} KB ({m['ebr']} blocks)" for n, m in biggest)
+        problems.append(f"needs {ebr} block RAMs ({sum(m['bits'] for m in plan.values()) / 8192:.1f} KB: "
+                        f"{detail}), device {dev.name} has {dev.ebr} ({dev.ebr_bits / 8192:.0f} KB of block RAM)")
+    if config.dsp_lanes > dev.dsp:
+        problems.append(f"asks for {config.dsp_lanes} DSP lanes, device {dev.name} has {dev.dsp} DSP blocks")
+    lut_lc = (config.lanes - config.dsp_lanes) * LUT_LANE_LC
+    if lut_lc > 0.6 * dev.logic_cells:
+        problems.append(f"{config.lanes - config.dsp_lanes} logic-cell MAC lanes need about {lut_lc} logic "
+                        f"cells, more than 60% of the {dev.logic_cells} of device {dev.name}; use fewer --lanes")
+    if problems:
+        raise ZakidError(f"The model does not fit the {dev.part} on board {board.name}: " + "; ".join(problems) + ".")
+
+
+def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
+                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None) -> Compiled:
+    brd = select_board(fpga, device, board)  # check names before the (slower) import
+    if baud is None or not baud > 0:
+        raise ZakidError(f"--baud must be a positive UART baud rate (e.g. 115200), got {baud}")
+    graph = load_model(model_path, calibration=calibration)
+    lowered = passes.lower_for_hardware(graph)
+    program = schedule.make_program(lowered)
+    if lanes is None:
+        n_lanes, dsp_lanes = default_lanes(brd, program)
+    else:
+        if lanes < 1:
+            raise ZakidError(f"--lanes must be at least 1, got {lanes}")
+        n_lanes, dsp_lanes = lanes, min(lanes, brd.device.dsp)
+    f = DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None else float(clock_mhz)
+    f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
+    divisor = uart_divisor or max(4, round(f_actual * 1e6 / baud))
+    config = AccelConfig(lanes=n_lanes, dsp_lanes=dsp_lanes, clock_mhz=f_actual, uart_divisor=divisor)
+    image = schedule.memory_image(program, n_lanes)
+    plan = memory_plan(image)
+    fit_check(brd, config, plan)
+    return Compiled(str(model_path), graph, lowered, program, image, config, brd, plan, signature_of(image))
+
+
+def load_calibration(path):
+    if path is None:
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises several types for a bad file
+        raise ZakidError(f"cannot read calibration data {path}: {e}") from None
