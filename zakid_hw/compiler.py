@@ -19,7 +19,7 @@ from .ir import Graph
 from .onnx_import import load_model
 
 #: default clock per device family member: what nextpnr closes for the generated design with margin
-DEFAULT_CLOCK_MHZ = {"up5k": 30.0, "hx8k": 36.0, "hx1k": 36.0}
+DEFAULT_CLOCK_MHZ = {"up5k": 37.5, "hx8k": 36.0, "hx1k": 36.0}
 DEFAULT_BAUD = 115200
 #: EBR aspect ratios (depth, width) of SB_RAM40_4K
 EBR_MODES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
