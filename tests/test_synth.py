@@ -121,7 +121,7 @@ def test_nextpnr_failure_names_the_tool(tmp_path):
 def test_require_timing(tmp_path):
     # 200 MHz from the PLL is far above what the toy core's multiplier path reaches.
     board = get_board("icebreaker")
-    with pytest.raises(ZakidError, match=r"does not meet timing.*201 MHz.*nearest to 200.*--freq"):
+    with pytest.raises(ZakidError, match=r"does not meet timing.*201 MHz.*nearest to 200.*--clock"):
         build_bitstream(BoardTop(board, 200, ToyCore), board, tmp_path, f_mhz=200,
                         require_timing=True)
     assert (tmp_path / "top.bin").stat().st_size > 0  # the bitstream is still written
