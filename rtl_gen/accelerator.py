@@ -4,7 +4,6 @@ from amaranth import Array, C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import bits_for, ceil_log2
 
 from .config import AccelConfig
 from .controller import Controller
@@ -36,7 +35,7 @@ class Accelerator(wiring.Component):
 
     def __init__(self, config: AccelConfig, image):
         self.config, self.image = config, image
-        self.addr_width = max(1, ceil_log2(image.act_depth))
+        self.addr_width = image.act_addr_width
         super().__init__({
             "in_we": In(1), "in_addr": In(self.addr_width), "in_data": In(8),
             "start": In(1), "busy": Out(1), "done": Out(1),
@@ -57,7 +56,7 @@ class Accelerator(wiring.Component):
             shape=w_layout, depth=len(img.weight_words), init=img.weight_words)
         m.submodules.biases = biases = Memory(
             shape=b_layout, depth=len(img.bias_words), init=img.bias_words)
-        m.submodules.acts = acts = Memory(shape=8, depth=2 << aw, init=[])
+        m.submodules.acts = acts = Memory(shape=8, depth=img.act_mem_depth, init=[])
         w_rd = weights.read_port(domain="sync")
         b_rd = biases.read_port(domain="sync")
         a_rd = acts.read_port(domain="sync")

@@ -9,6 +9,7 @@ from sim.runner import simulate
 from test_passes import mlp_graph
 from zakid_hw import passes, schedule
 from zakid_hw.ir import dtype_range
+from zakid_hw.simulate import signed_codes
 
 
 def run_core(program, config, rows, tmp_path):
@@ -17,11 +18,6 @@ def run_core(program, config, rows, tmp_path):
                    test_dir="sim/benches", build_dir=tmp_path / "sim",
                    parameters={"rows": [list(map(int, r)) for r in rows], "out_len": program.out_len})
     return res
-
-
-def to_signed(codes, dtype):
-    codes = np.asarray(codes, np.int64)
-    return np.where(codes > 127, codes - 256, codes) if dtype == "int8" else codes
 
 
 @pytest.mark.parametrize("lanes,dsp_lanes,x_dtype,h_dtype,per_channel", [
@@ -39,7 +35,7 @@ def test_core_matches_golden(lanes, dsp_lanes, x_dtype, h_dtype, per_channel, tm
     rows[0] = lo
     rows[1] = hi
     res = run_core(prog, AccelConfig(lanes=lanes, dsp_lanes=dsp_lanes), rows, tmp_path)
-    got = to_signed(res["outputs"], h_dtype)
+    got = signed_codes(res["outputs"], h_dtype)
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)
     assert res["cycles"] == res["sim_cycles"]
@@ -62,4 +58,4 @@ def test_worst_case_accumulators_do_not_overflow(tmp_path):
     assert -(2 ** (image.acc_width - 1)) <= acc_lo.min() and acc_hi.max() < 2 ** (image.acc_width - 1)
     res = run_core(prog, AccelConfig(lanes=4, dsp_lanes=2), rows, tmp_path)
     want = np.stack([prog.accel_golden(r) for r in rows])
-    np.testing.assert_array_equal(to_signed(res["outputs"], "int8"), want)
+    np.testing.assert_array_equal(signed_codes(res["outputs"], "int8"), want)

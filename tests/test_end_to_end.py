@@ -6,20 +6,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
+from modelzoo import ort_run
 from zakid_hw import schedule
 from zakid_hw.compiler import compile_model
 from zakid_hw.simulate import golden_outputs, simulate_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "examples" / "digits"
-
-
-def ort_outputs(path, xs):
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.stack([s.run(None, {"x": x.reshape(1, -1)})[0] for x in xs])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +28,7 @@ def test_whole_digits_set_in_rtl_equals_onnxruntime(digits):
     xs, ys = digits
     c = compile_model(DIGITS / "digits_mlp_int8.onnx")
     res = simulate_model(c, xs)
-    want = ort_outputs(DIGITS / "digits_mlp_int8.onnx", xs)
+    want = ort_run(DIGITS / "digits_mlp_int8.onnx", xs)
     np.testing.assert_array_equal(res.outputs.reshape(want.shape), want)
     np.testing.assert_array_equal(res.outputs, golden_outputs(c, xs))
     acc_rtl = float((res.outputs.reshape(len(xs), -1).argmax(1) == ys).mean())
@@ -64,7 +59,7 @@ def test_cli_sim_whole_design_over_uart(digits, tmp_path):
     assert "check passed" in r.stdout
     y = np.load(tmp_path / "y.npy")
     assert y.dtype == np.float32 and y.shape == (4, 1, 10)
-    np.testing.assert_array_equal(y, ort_outputs(DIGITS / "digits_mlp_int8.onnx", xs[:4]))
+    np.testing.assert_array_equal(y, ort_run(DIGITS / "digits_mlp_int8.onnx", xs[:4]))
 
 
 def test_build_example_to_bitstream(tmp_path):

@@ -82,11 +82,10 @@ def compile_from_args(a, model):
 
 
 def cmd_build(a) -> int:
-    from .build import build
+    from .build import build, text_report
     c = compile_from_args(a, a.model)
     out = Path(a.out) if a.out else Path("build") / Path(a.model).stem
     report = build(c, out, seed=a.seed, calibration_path=a.calibration)
-    from .build import text_report
     print(text_report(report), end="")
     print(f"wrote {out}/ ({Path(a.model).stem}.bin, {Path(a.model).stem}.v, report.json, report.txt)")
     return 0

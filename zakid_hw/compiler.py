@@ -58,11 +58,10 @@ def ebr_blocks(depth: int, width: int) -> int:
 def memory_plan(image: schedule.AccelImage) -> dict:
     """Every memory of the design with its size; small threshold stages end up in logic, so only
     stages of 32 entries or more are counted as block RAM."""
-    aw = max(1, math.ceil(math.log2(image.act_depth)))
     mems = {
         "weights": (len(image.weight_words), image.lanes * image.w_width),
         "biases": (len(image.bias_words), image.lanes * image.acc_width),
-        "activations": (2 << aw, 8),
+        "activations": (image.act_mem_depth, 8),
     }
     for s, stage in enumerate(image.threshold_stages):
         if len(stage) >= 32:

@@ -183,6 +183,16 @@ class AccelImage:
     out_len: int = 0
 
     @property
+    def act_addr_width(self) -> int:
+        """Address bits within one activation bank (banks are a power of two deep)."""
+        return max(1, (self.act_depth - 1).bit_length())
+
+    @property
+    def act_mem_depth(self) -> int:
+        """Depth of the activation memory: two banks."""
+        return 2 << self.act_addr_width
+
+    @property
     def out_bank(self) -> int:
         return len(self.layers) % 2
 
