@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import OPS, Graph, Node, dtype_range
+from .ir import OPS, OPTIONAL, Graph, Node, dtype_range
 
 
 def quantize(x, *, scale, zero_point, dtype):
@@ -31,10 +31,17 @@ def dense(x, *, weight, w_zp, x_zp, bias):
     return (np.asarray(x, np.int64) - int(x_zp)) @ w.T + np.asarray(bias, np.int64)
 
 
-def requantize(acc, *, multiplier, zero_point, dtype, qmin, qmax):
-    """onnxruntime's requantization: the float32 product of the accumulator and the float32 multiplier,
-    rounded half to even, plus the zero point, clipped to ``[qmin, qmax]`` (which lie inside the dtype)."""
-    prod = np.asarray(acc, np.int64).astype(np.float32) * np.asarray(multiplier, np.float32)
+def requantize(acc, *, multiplier, zero_point, dtype, qmin, qmax, axis=-1):
+    """onnxruntime's requantization: the float32 product of the accumulator and the float32 multiplier
+    (scalar, or per channel along ``axis``), rounded half to even, plus the zero point, clipped to
+    ``[qmin, qmax]`` (which lie inside the dtype)."""
+    acc = np.asarray(acc, np.int64)
+    mult = np.asarray(multiplier, np.float32)
+    if mult.ndim == 1 and mult.size > 1 and acc.ndim >= 1:
+        shape = [1] * acc.ndim
+        shape[axis] = mult.size
+        mult = mult.reshape(shape)
+    prod = acc.astype(np.float32) * mult
     r = np.clip(np.rint(prod).astype(np.float64), -(2.0**40), 2.0**40).astype(np.int64)
     return np.clip(r + int(zero_point), qmin, qmax)
 
@@ -44,20 +51,111 @@ def relu(q, *, zero_point):
     return np.maximum(np.asarray(q, np.int64), int(zero_point))
 
 
-def threshold(acc, *, thresholds, base, dtype):
+def threshold(acc, *, thresholds, base, dtype, axis=-1):
     """Multi-threshold activation: ``base`` plus the number of thresholds the accumulator reaches.
 
     ``thresholds`` has shape (C, T), ascending along T; C is 1 (shared by all channels) or the size of
-    the last axis of ``acc``.
+    axis ``axis`` of ``acc``.
     """
-    acc = np.asarray(acc, np.int64)
+    acc = np.moveaxis(np.asarray(acc, np.int64), axis, -1)
     thr = np.asarray(thresholds, np.int64)
     counts = (acc[..., None] >= thr).sum(axis=-1)  # broadcasts (…, C) against (C, T)
-    return counts + int(base)
+    return np.moveaxis(counts + int(base), -1, axis)
 
 
 def reshape(x, *, shape):
     return np.asarray(x).reshape(shape)
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int = 1,
+                  ceil_mode: int = 0) -> int:
+    """Output length of a convolution or pooling window along one axis (ONNX rule, incl. ``ceil_mode``:
+    a last window that would start inside the end padding is dropped)."""
+    span = size + pad_begin + pad_end - ((kernel - 1) * dilation + 1)
+    n = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (n - 1) * stride >= size + pad_begin:
+        n -= 1
+    return n
+
+
+def _windows(x, kernel, strides, pads, dilations, ceil_mode, fill):
+    """Padded ``x`` (N, C, H, W) and, per kernel position (ky, kx), the strided view of the window
+    element at that position: a list of (N, C, OH, OW) arrays."""
+    (kh, kw), (sy, sx), (dy, dx) = kernel, strides, dilations
+    pt, pl, pb, pr = pads
+    _, _, h, w = x.shape
+    oh = conv_out_size(h, kh, sy, pt, pb, dy, ceil_mode)
+    ow = conv_out_size(w, kw, sx, pl, pr, dx, ceil_mode)
+    need_h = (oh - 1) * sy + (kh - 1) * dy + 1 - (h + pt)
+    need_w = (ow - 1) * sx + (kw - 1) * dx + 1 - (w + pl)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, max(pb, need_h)), (pl, max(pr, need_w))), constant_values=fill)
+    return [xp[:, :, ky * dy: ky * dy + (oh - 1) * sy + 1: sy, kx * dx: kx * dx + (ow - 1) * sx + 1: sx]
+            for ky in range(kh) for kx in range(kw)]
+
+
+def conv(x, *, weight, w_zp, x_zp, bias, strides, pads, dilations, group):
+    """Integer 2-D convolution (ONNX Conv / ConvInteger semantics) with an int64 accumulator."""
+    x = np.asarray(x, np.int64) - int(x_zp)
+    w = np.asarray(weight, np.int64) - np.asarray(w_zp, np.int64).reshape(-1, 1, 1, 1)
+    m, cg, kh, kw = w.shape
+    n, c = x.shape[:2]
+    views = _windows(x, (kh, kw), strides, pads, dilations, 0, 0)
+    wg = w.reshape(group, m // group, cg, kh * kw)
+    out = 0
+    for k, v in enumerate(views):
+        vg = v.reshape(n, group, cg, *v.shape[2:])
+        out = out + np.einsum("ngchw,gmc->ngmhw", vg, wg[..., k])
+    out = out.reshape(n, m, *views[0].shape[2:])
+    return out + np.asarray(bias, np.int64).reshape(1, -1, 1, 1)
+
+
+def maxpool(x, *, kernel, strides, pads, dilations, ceil_mode):
+    """Max pooling on codes (the largest code is the largest real value); padding never wins."""
+    views = _windows(np.asarray(x, np.int64), kernel, strides, pads, dilations, ceil_mode, -(2**62))
+    return np.max(np.stack(views), axis=0)
+
+
+def sumpool(x, *, kernel, strides, pads, x_zp):
+    """Sum of ``x - x_zp`` over each window; padded positions add 0."""
+    views = _windows(np.asarray(x, np.int64) - int(x_zp), kernel, strides, pads, (1, 1), 0, 0)
+    return np.sum(np.stack(views), axis=0)
+
+
+def add(a, b, *, a_zp, b_zp, a_mult, b_mult):
+    """Integer sum of two code tensors with integer multipliers: ``(a - a_zp) * a_mult + (b - b_zp) * b_mult``."""
+    return ((np.asarray(a, np.int64) - int(a_zp)) * int(a_mult)
+            + (np.asarray(b, np.int64) - int(b_zp)) * int(b_mult))
+
+
+def concat(*xs, axis):
+    return np.concatenate([np.asarray(x) for x in xs], axis=axis)
+
+
+def transpose(x, *, perm):
+    return np.transpose(np.asarray(x), perm)
+
+
+def clip(q, *, lo, hi):
+    return np.clip(np.asarray(q, np.int64), int(lo), int(hi))
+
+
+_AFFINE = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
+
+
+def affine(x, *, steps):
+    """Elementwise float32 steps, each rounded to float32 as ONNX Add/Sub/Mul/Div compute them."""
+    x = np.asarray(x, np.float32)
+    for op, c in steps:
+        x = _AFFINE[op](x, np.asarray(c, np.float32)).astype(np.float32)
+    return x
+
+
+def softmax(x, *, axis):
+    """Softmax in float32 (host side; computed as ``exp(x - max) / sum``, not bit-exact with any
+    particular runtime's exp)."""
+    x = np.asarray(x, np.float32)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
 OP_FUNCS = {
@@ -68,12 +166,23 @@ OP_FUNCS = {
     "relu": relu,
     "threshold": threshold,
     "reshape": reshape,
+    "conv": conv,
+    "maxpool": maxpool,
+    "sumpool": sumpool,
+    "add": add,
+    "concat": concat,
+    "transpose": transpose,
+    "clip": clip,
+    "affine": affine,
+    "softmax": softmax,
 }
 
 
 def run_node(node: Node, *args):
     """Evaluate one node; attributes beyond the op's own (annotations from passes) are ignored."""
-    return OP_FUNCS[node.op](*args, **{k: node.attrs[k] for k in OPS[node.op]})
+    kwargs = {k: node.attrs[k] for k in OPS[node.op]}
+    kwargs.update({k: node.attrs.get(k, v) for k, v in OPTIONAL.get(node.op, {}).items()})
+    return OP_FUNCS[node.op](*args, **kwargs)
 
 
 def run(graph: Graph, feeds: dict, keep_all: bool = False) -> dict:

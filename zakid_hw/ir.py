@@ -19,6 +19,25 @@ Ops (``attrs`` in brackets; per-channel arrays run along the last axis):
 ``threshold``   int32 -> int8/uint8, ``q = base + #{j : acc >= thresholds[c, j]}``
                 [thresholds (C, T) int, base, dtype]; C is 1 (shared) or the channel count
 ``reshape``     any -> same dtype, new shape  [shape]
+``conv``        int8/uint8 (1, C, H, W) -> int32 (1, M, OH, OW): 2-D convolution of ``x - x_zp`` (padding
+                contributes 0, i.e. the code ``x_zp``) with ``weight - w_zp``, plus bias; 1-D convolutions
+                are 2-D with H = 1  [weight (M, C/group, KH, KW), w_zp (scalar or M), x_zp, bias (M,),
+                strides (sy, sx), pads (top, left, bottom, right), dilations (dy, dx), group]
+``maxpool``     int8/uint8 (1, C, H, W) -> same: maximum of the codes in each window; padding never wins
+                [kernel (kh, kw), strides, pads, dilations, ceil_mode]
+``sumpool``     int8/uint8 (1, C, H, W) -> int32: sum of ``x - x_zp`` over each window (padding adds 0)
+                [kernel, strides, pads, x_zp]; with a ``threshold`` after it, this is average pooling
+``add``         two int8/uint8 tensors -> int32: ``(a - a_zp) * a_mult + (b - b_zp) * b_mult`` (integer
+                multipliers)  [a_zp, b_zp, a_mult, b_mult]
+``concat``      int8/uint8 tensors -> same, joined along ``axis``  [axis]
+``transpose``   any -> same dtype  [perm]
+``clip``        int8/uint8 -> same, ``clip(q, lo, hi)``  [lo, hi]
+``affine``      float32 -> float32: elementwise steps ``x = f32(x <op> c)`` in order, op one of add, sub,
+                mul, div, c broadcast against x  [steps: list of (op, array)]
+``softmax``     float32 -> float32 along ``axis`` (host side only)  [axis]
+
+Optional attributes (with defaults, see :data:`OPTIONAL`): ``threshold`` and ``requantize`` take ``axis``
+(the channel axis of per-channel tables or multipliers, default -1; conv outputs use 1).
 """
 
 from __future__ import annotations
@@ -43,6 +62,21 @@ OPS = {
     "relu": ("zero_point",),
     "threshold": ("thresholds", "base", "dtype"),
     "reshape": ("shape",),
+    "conv": ("weight", "w_zp", "x_zp", "bias", "strides", "pads", "dilations", "group"),
+    "maxpool": ("kernel", "strides", "pads", "dilations", "ceil_mode"),
+    "sumpool": ("kernel", "strides", "pads", "x_zp"),
+    "add": ("a_zp", "b_zp", "a_mult", "b_mult"),
+    "concat": ("axis",),
+    "transpose": ("perm",),
+    "clip": ("lo", "hi"),
+    "affine": ("steps",),
+    "softmax": ("axis",),
+}
+
+#: attributes an op may carry, with the value meant when they are absent
+OPTIONAL = {
+    "threshold": {"axis": -1},
+    "requantize": {"axis": -1},
 }
 
 

@@ -37,33 +37,55 @@ def fold_relu(graph: Graph) -> Graph:
     return g
 
 
+MAC_OPS = ("dense", "conv")
+#: ops whose int32 result a ``requantize``/``threshold`` turns back into codes
+ACC_OPS = MAC_OPS + ("sumpool", "add")
+
+
+def effective_weight(node: Node) -> np.ndarray:
+    """``weight - w_zp`` of a ``dense`` or ``conv`` node, as (output channels, inputs per output)."""
+    w = np.asarray(node.attrs["weight"], np.int64)
+    w = w.reshape(w.shape[0], -1)
+    return w - np.asarray(node.attrs["w_zp"], np.int64).reshape(-1, 1)
+
+
 def fold_weight_zero_point(graph: Graph) -> Graph:
     g = graph.copy()
-    for node in g.nodes_of("dense"):
-        a = node.attrs
-        w_zp = np.asarray(a["w_zp"], np.int64).reshape(-1, 1)
-        a["weight"] = np.asarray(a["weight"], np.int64) - w_zp
-        a["w_zp"] = 0
+    for node in g.nodes:
+        if node.op in MAC_OPS:
+            a = node.attrs
+            a["weight"] = effective_weight(node).reshape(np.shape(a["weight"]))
+            a["w_zp"] = 0
     return g
 
 
 def fold_input_zero_point(graph: Graph) -> Graph:
+    """Exact for convolutions too: padding reads the code ``x_zp``, whose term the folded bias cancels."""
     g = graph.copy()
-    for node in g.nodes_of("dense"):
-        a = node.attrs
-        w = np.asarray(a["weight"], np.int64) - np.asarray(a["w_zp"], np.int64).reshape(-1, 1)
-        a["bias"] = np.asarray(a["bias"], np.int64) - int(a["x_zp"]) * w.sum(axis=1)
-        a["x_zp"] = 0
+    for node in g.nodes:
+        if node.op in MAC_OPS:
+            a = node.attrs
+            a["bias"] = np.asarray(a["bias"], np.int64) - int(a["x_zp"]) * effective_weight(node).sum(axis=1)
+            a["x_zp"] = 0
     return g
 
 
 def accumulator_bounds(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray]:
-    """Per output channel, the smallest and largest accumulator a ``dense`` node can produce for any
-    input codes of its input dtype. Exact: each product term is bounded independently."""
+    """Per output channel, the smallest and largest value a ``dense``/``conv``/``sumpool``/``add`` node can
+    produce for any input codes of its input dtypes. Exact for dense layers (each product term is bounded
+    independently); a safe enclosure where padding or pooling windows repeat inputs."""
     a = node.attrs
     lo_x, hi_x = dtype_range(graph.tensors[node.inputs[0]].dtype)
+    if node.op == "sumpool":
+        n = int(np.prod(a["kernel"]))
+        return np.array([n * min(lo_x - a["x_zp"], 0)]), np.array([n * max(hi_x - a["x_zp"], 0)])
+    if node.op == "add":
+        lo_b, hi_b = dtype_range(graph.tensors[node.inputs[1]].dtype)
+        ta = np.array([lo_x - a["a_zp"], hi_x - a["a_zp"]]) * int(a["a_mult"])
+        tb = np.array([lo_b - a["b_zp"], hi_b - a["b_zp"]]) * int(a["b_mult"])
+        return np.array([ta.min() + tb.min()]), np.array([ta.max() + tb.max()])
     xs = np.array([lo_x, hi_x], np.int64) - int(a["x_zp"])
-    w = np.asarray(a["weight"], np.int64) - np.asarray(a["w_zp"], np.int64).reshape(-1, 1)
+    w = effective_weight(node)
     terms = w[:, :, None] * xs[None, None, :]  # (N, K, 2)
     bias = np.asarray(a["bias"], np.int64)
     return terms.min(axis=2).sum(axis=1) + bias, terms.max(axis=2).sum(axis=1) + bias
@@ -95,15 +117,17 @@ def requantize_to_threshold(graph: Graph) -> Graph:
     g = graph.copy()
     for node in g.nodes_of("requantize"):
         prod = g.producer(node.inputs[0])
-        if prod is None or prod.op != "dense":
-            raise ZakidError(f"requantize node {node.name!r} does not follow a dense layer")
+        if prod is None or prod.op not in ACC_OPS:
+            raise ZakidError(f"requantize node {node.name!r} does not follow a dense, conv, pooling or add "
+                             "layer")
         lo, hi = accumulator_bounds(g, prod)
         a = node.attrs
         if np.ndim(a["multiplier"]) == 0 or np.size(a["multiplier"]) == 1:
             lo, hi = lo.min(keepdims=True), hi.max(keepdims=True)
         thr = thresholds_for(a["multiplier"], a["zero_point"], a["qmin"], a["qmax"], lo, hi)
         node.op = "threshold"
-        node.attrs = {"thresholds": thr, "base": int(a["qmin"]), "dtype": a["dtype"]}
+        node.attrs = {"thresholds": thr, "base": int(a["qmin"]), "dtype": a["dtype"],
+                      "axis": 1 if len(g.tensors[node.inputs[0]].shape) >= 2 else -1}
     return g
 
 
