@@ -1,18 +1,19 @@
 """The accelerator core: memories, controller, MAC array, drain and requantizer."""
 
 from amaranth import Array, C, Cat, Module, Mux, Signal, signed
+from amaranth.utils import exact_log2
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
 from .controller import Controller
-from .mac_array import X_WIDTH, MacArray
+from .mac_array import MacArray
 from .requantizer import ThresholdRequantizer
 
 
 class Accelerator(wiring.Component):
-    """Runs a chain of quantized dense layers on codes held in on-chip memory.
+    """Runs a DAG of quantized layers (convolutions, dense layers, pooling, adds) on codes in on-chip memory.
 
     Built from an :class:`~rtl_gen.config.AccelConfig` and the compiler's memory image
     (:class:`zakid_hw.schedule.AccelImage`): weights, biases, threshold tables and the layer table are
@@ -20,22 +21,23 @@ class Accelerator(wiring.Component):
 
     Ports:
         in_we:    in, 1: write ``in_data`` to input position ``in_addr`` (only while not busy).
-        in_addr:  in, addr_width.
+        in_addr:  in, addr_width: byte index within the input storage (see :mod:`zakid_hw.schedule`).
         in_data:  in, 8: an input code (int8 as two's complement, or uint8).
         start:    in, 1: pulse to run an inference on the codes written.
         busy:     out, 1: from the cycle after ``start`` until ``done``.
         done:     out, 1: one-cycle pulse when the outputs are ready.
-        out_addr: in, addr_width: output position to read (while not busy).
+        out_addr: in, addr_width: byte index within the output storage to read (while not busy).
         out_data: out, 8: the code at ``out_addr``, one cycle after the address.
         cycles:   out, 32: cycles from ``start`` to ``done`` of the last inference.
 
-    Activations live in one memory of two banks (ping-pong): layer i reads bank i % 2 and writes bank
-    (i + 1) % 2; the host writes bank 0 and reads the last layer's bank.
+    Activations live in one memory of ``lanes``-byte words, written a byte at a time; every tensor has
+    its own byte range (the compiler's allocation), so residual inputs stay alive and layers never read
+    what they write.
     """
 
     def __init__(self, config: AccelConfig, image):
         self.config, self.image = config, image
-        self.addr_width = image.act_addr_width
+        self.addr_width = image.io_addr_width
         super().__init__({
             "in_we": In(1), "in_addr": In(self.addr_width), "in_data": In(8),
             "start": In(1), "busy": Out(1), "done": Out(1),
@@ -47,7 +49,9 @@ class Accelerator(wiring.Component):
         m = Module()
         img, L = self.image, self.config.lanes
         descs = img.layers
-        aw = self.addr_width
+        lg = exact_log2(L)
+        words = img.act_words
+        waw = max(1, (words - 1).bit_length())  # word address bits
 
         # --- memories -------------------------------------------------------------------------------
         w_layout = data.ArrayLayout(signed(img.w_width), L)
@@ -56,47 +60,70 @@ class Accelerator(wiring.Component):
             shape=w_layout, depth=len(img.weight_words), init=img.weight_words)
         m.submodules.biases = biases = Memory(
             shape=b_layout, depth=len(img.bias_words), init=img.bias_words)
-        m.submodules.acts = acts = Memory(shape=8, depth=img.act_mem_depth, init=[])
+        m.submodules.acts = acts = Memory(shape=8 * L, depth=words, init=[])
         w_rd = weights.read_port(domain="sync")
         b_rd = biases.read_port(domain="sync")
         a_rd = acts.read_port(domain="sync")
-        a_wr = acts.write_port()
+        a_wr = acts.write_port(granularity=8)
 
         m.submodules.ctrl = ctrl = Controller(descriptors=descs, lanes=L, w_depth=len(img.weight_words),
-                                              b_depth=len(img.bias_words))
+                                              b_depth=len(img.bias_words), act_bytes=img.act_bytes)
         m.submodules.macs = macs = MacArray(lanes=L, dsp_lanes=self.config.dsp_lanes, w_width=img.w_width,
                                             acc_width=img.acc_width)
-        tag_width = aw + 1
+        aw = ctrl.addr_width
         m.submodules.requant = rq = ThresholdRequantizer(width=img.acc_width, out_bits=img.out_bits,
-                                                         stages=img.threshold_stages, tag_width=tag_width)
+                                                         stages=img.threshold_stages, tag_width=aw)
 
-        in_bank = Array(C(i % 2, 1) for i in range(len(descs)))
-        in_signed = Array(C(d.in_signed, 1) for d in descs)
-        table_base = Array(C(d.table_base, rq.i_table.shape().width) for d in descs)
-        per_channel = Array(C(d.per_channel, 1) for d in descs)
-        base_code = Array(C(d.base_code, 8) for d in descs)
+        def per_layer(field, width):
+            return Array(C(getattr(d, field), width) for d in descs)
+
+        in_signed, chan, is_max = per_layer("in_signed", 1), per_layer("chan", 1), per_layer("is_max", 1)
+        pad_code = per_layer("pad_code", 8)
+        table_base = per_layer("table_base", rq.i_table.shape().width)
+        per_channel, base_code = per_layer("per_channel", 1), per_layer("base_code", 8)
+
+        def word(byte_addr):
+            return byte_addr[lg:lg + waw] if lg + waw <= len(byte_addr) else byte_addr[lg:]
 
         # --- issue: addresses to the memories --------------------------------------------------------
         m.d.comb += [w_rd.addr.eq(ctrl.w_addr), b_rd.addr.eq(ctrl.b_addr), ctrl.start.eq(self.start),
                      self.busy.eq(ctrl.busy), self.done.eq(ctrl.done)]
-        # addresses within a bank, at exactly the bank's width, so the bank bit lands in the right place
-        k_addr, d_bank_addr = Signal(aw), Signal(aw)
+        host_rd = Signal(aw)
+        m.d.comb += host_rd.eq(self.out_addr + img.out_base)
+        rd_byte = Signal(aw)
         with m.If(ctrl.busy):
-            m.d.comb += [k_addr.eq(ctrl.k), a_rd.addr.eq(Cat(k_addr, in_bank[ctrl.layer]))]
+            m.d.comb += rd_byte.eq(ctrl.rd_addr)
         with m.Else():
-            m.d.comb += a_rd.addr.eq(Cat(self.out_addr, C(img.out_bank, 1)))
-        m.d.comb += self.out_data.eq(a_rd.data)
+            m.d.comb += rd_byte.eq(host_rd)
+        m.d.comb += a_rd.addr.eq(word(rd_byte))
+        sel = Signal(max(lg, 1))
+        m.d.sync += sel.eq(rd_byte[:lg] if lg else 0)
+        rd_bytes = Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))
+        m.d.comb += self.out_data.eq(rd_bytes[sel])
 
         # --- stage 1: memory data -> MAC array -------------------------------------------------------
-        s1 = dict(valid=Signal(), first=Signal(), last=Signal(), signed_=Signal(), layer=Signal.like(ctrl.layer),
-                  base=Signal.like(ctrl.group_base), n=Signal.like(ctrl.group_n))
+        s1 = dict(valid=Signal(), first=Signal(), last=Signal(), layer=Signal.like(ctrl.layer),
+                  base=Signal.like(ctrl.o_addr), ch=Signal.like(ctrl.ch_base), n=Signal.like(ctrl.group_n))
+        inb = Signal()
         m.d.sync += [s1["valid"].eq(ctrl.issue), s1["first"].eq(ctrl.first), s1["last"].eq(ctrl.issue & ctrl.last),
-                     s1["signed_"].eq(in_signed[ctrl.layer]), s1["layer"].eq(ctrl.layer),
-                     s1["base"].eq(ctrl.group_base), s1["n"].eq(ctrl.group_n)]
-        x = Signal(signed(X_WIDTH))
-        m.d.comb += x.eq(Mux(s1["signed_"], a_rd.data.as_signed(), a_rd.data))
-        m.d.comb += [macs.x.eq(x), macs.w.eq(w_rd.data), macs.bias.eq(b_rd.data),
-                     macs.valid.eq(s1["valid"]), macs.first.eq(s1["first"])]
+                     s1["layer"].eq(ctrl.layer), s1["base"].eq(ctrl.o_addr), s1["ch"].eq(ctrl.ch_base),
+                     s1["n"].eq(ctrl.group_n), inb.eq(ctrl.rd_valid)]
+        lay = s1["layer"]
+
+        def extend(code):
+            return Mux(in_signed[lay], code.as_signed(), code)
+
+        for lane in range(L):
+            code = Signal(8, name=f"code{lane}")
+            with m.If(~inb):
+                m.d.comb += code.eq(pad_code[lay])
+            with m.Elif(chan[lay]):
+                m.d.comb += code.eq(rd_bytes[lane])
+            with m.Else():
+                m.d.comb += code.eq(rd_bytes[sel])
+            m.d.comb += macs.x[lane].eq(extend(code))
+        m.d.comb += [macs.w.eq(w_rd.data), macs.bias.eq(b_rd.data), macs.valid.eq(s1["valid"]),
+                     macs.first.eq(s1["first"]), macs.is_max.eq(is_max[lay])]
 
         # the group's sums are final three cycles after its last step entered the MAC array
         delay = [s1]
@@ -110,7 +137,8 @@ class Accelerator(wiring.Component):
         # --- drain: the lanes' sums go one per cycle into the requantizer ----------------------------
         drain = Signal(b_layout)
         d_count = Signal(range(L + 1))
-        d_addr = Signal.like(ctrl.group_base)
+        d_addr = Signal.like(ctrl.o_addr)
+        d_ch = Signal.like(ctrl.ch_base)
         d_layer = Signal.like(ctrl.layer)
         pending = Signal(2)
         group_issued = ctrl.issue & ctrl.last
@@ -119,21 +147,25 @@ class Accelerator(wiring.Component):
         m.d.comb += [ctrl.pending.eq(pending), ctrl.idle.eq((pending == 0) & ~rq.busy)]
 
         with m.If(fin["last"]):
-            m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_layer.eq(fin["layer"])]
+            m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
+                         d_layer.eq(fin["layer"])]
         with m.Elif(d_count != 0):
             m.d.sync += [drain.eq(Cat(drain.as_value()[img.acc_width:], C(0, img.acc_width))),
-                         d_count.eq(d_count - 1), d_addr.eq(d_addr + 1)]
-        out_bank = ~in_bank[d_layer]
+                         d_count.eq(d_count - 1), d_addr.eq(d_addr + 1), d_ch.eq(d_ch + 1)]
         m.d.comb += [rq.i_valid.eq(d_count != 0), rq.i_acc.eq(drain[0]), rq.i_base.eq(base_code[d_layer]),
-                     rq.i_table.eq(table_base[d_layer] + Mux(per_channel[d_layer], d_addr, 0)),
-                     d_bank_addr.eq(d_addr), rq.i_tag.eq(Cat(d_bank_addr, out_bank))]
+                     rq.i_table.eq(table_base[d_layer] + Mux(per_channel[d_layer], d_ch, 0)),
+                     rq.i_tag.eq(d_addr)]
 
         # --- write back: requantizer results, or the host's input codes ------------------------------
+        wr_byte = Signal(aw)
+        wr_code = Signal(8)
+        wr_en = Signal()
         with m.If(rq.o_valid):
-            m.d.comb += [a_wr.en.eq(1), a_wr.addr.eq(rq.o_tag), a_wr.data.eq(rq.o_code)]
+            m.d.comb += [wr_en.eq(1), wr_byte.eq(rq.o_tag), wr_code.eq(rq.o_code)]
         with m.Elif(~ctrl.busy):
-            m.d.comb += [a_wr.en.eq(self.in_we), a_wr.addr.eq(Cat(self.in_addr, C(0, 1))),
-                         a_wr.data.eq(self.in_data)]
+            m.d.comb += [wr_en.eq(self.in_we), wr_byte.eq(self.in_addr + img.in_base), wr_code.eq(self.in_data)]
+        m.d.comb += [a_wr.addr.eq(word(wr_byte)), a_wr.data.eq(Cat(*([wr_code] * L))),
+                     a_wr.en.eq(Mux(wr_en, C(1, L) << (wr_byte[:lg] if lg else C(0, 1)), 0))]
 
         # --- cycle counter -----------------------------------------------------------------------------
         count = Signal(32)

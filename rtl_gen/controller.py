@@ -1,94 +1,167 @@
-"""The controller: walks layers, lane groups and inputs, and issues one MAC step per cycle."""
+"""The controller: walks layers, output pixels, lane groups and kernel taps; issues one MAC step per cycle."""
 
-from amaranth import Array, C, Module, Signal
+from amaranth import Array, C, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+#: descriptor fields the controller latches at the start of each layer (see
+#: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
+FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "inc_ky", "inc_ox", "inc_oy",
+          "check", "iy0", "ix0", "sy", "sx", "dy", "dx", "h", "w", "out_base", "out_pitch", "n_last",
+          "w_base", "b_base")
+
 
 class Controller(wiring.Component):
-    """Sequencer for ``for layer: for group of lanes: for k in inputs: MAC``.
+    """Sequencer for ``for layer: for oy, ox: for lane group g: for ky, kx, ci: MAC``.
 
-    Each issued step reads input ``k`` of the current layer and the next word of the weight memory
-    (weights are laid out in issue order, so the weight address is a plain counter; biases likewise,
-    one word per group).
+    Addresses are computed by adding per-layer steps (no multipliers): the byte address of each input
+    read, whether it lies inside the input (else it is padding), the weight address (weights are laid
+    out in issue order per group), the bias address (one word per group) and the byte address the
+    group's first output goes to.
 
     Ports:
-        start:     in, 1: pulse to begin an inference.
-        pending:   in, 2: groups issued whose results have not all left the drain yet.
-        idle:      in, 1: no MAC, drain or requantizer work is in flight.
-        busy:      out, 1: an inference is running.
-        done:      out, 1: one-cycle pulse when the last layer's outputs are all written.
-        issue:     out, 1: a MAC step is issued this cycle.
-        first:     out, 1: the step starts a group (lanes restart from the bias).
-        last:      out, 1: the step ends a group.
-        layer:     out: index of the running layer.
-        k:         out: the input index read by this step.
-        w_addr:    out: weight memory address of this step.
-        b_addr:    out: bias memory address (the group's).
-        group_base: out: the first output index of the current group.
-        group_n:   out: how many lanes of the current group hold real outputs.
+        start:    in, 1: pulse to begin an inference.
+        pending:  in, 2: groups issued whose results have not all left the drain yet.
+        idle:     in, 1: no MAC, drain or requantizer work is in flight.
+        busy:     out, 1: an inference is running.
+        done:     out, 1: one-cycle pulse when the last layer's outputs are all written.
+        issue:    out, 1: a MAC step is issued this cycle.
+        first:    out, 1: the step starts a group (lanes restart from the bias).
+        last:     out, 1: the step ends a group.
+        layer:    out: index of the running layer.
+        rd_addr:  out, signed: byte address of the input code(s) this step reads (in channel mode, the
+                  first of the group's ``lanes`` channels).
+        rd_valid: out, 1: the address lies inside the input; otherwise the step reads the padding code.
+        w_addr:   out: weight memory address of this step.
+        b_addr:   out: bias memory address (the group's).
+        o_addr:   out: byte address of the group's first output.
+        ch_base:  out: the group's first output channel.
+        group_n:  out: how many lanes of the current group hold real outputs.
 
     A new group starts only when the previous one will have left the drain before this one ends
-    (``pending == 0``, or ``pending == 1`` when the layer has at least as many inputs as there are lanes).
+    (``pending == 0``, or ``pending == 1`` when the group has at least as many steps as there are lanes).
     """
 
-    def __init__(self, *, descriptors, lanes, w_depth, b_depth):
+    def __init__(self, *, descriptors, lanes, w_depth, b_depth, act_bytes):
         self.descs, self.lanes = descriptors, lanes
-        kmax = max(d.k for d in descriptors)
-        nmax = max(d.n for d in descriptors)
-        self.k_bits = bits_for(kmax)
+        vals = [abs(getattr(d, f)) for d in descriptors for f in FIELDS] + [act_bytes + 1]
+        big = max(vals)
+        # signed addresses with room for a window that starts before the input and steps past its end
+        self.addr_width = bits_for(4 * big) + 1
+        self.coord_width = bits_for(4 * max(max(d.h, d.w, d.oh * d.sy, d.ow * d.sx, abs(d.iy0), abs(d.ix0))
+                                            + d.kh * d.dy + d.kw * d.dx for d in descriptors)) + 1
+        self.ch_width = bits_for(max(d.groups for d in descriptors) * lanes)
         super().__init__({
             "start": In(1), "pending": In(2), "idle": In(1),
             "busy": Out(1), "done": Out(1),
             "issue": Out(1), "first": Out(1), "last": Out(1),
-            "layer": Out(bits_for(len(descriptors))), "k": Out(self.k_bits),
+            "layer": Out(bits_for(len(descriptors))),
+            "rd_addr": Out(signed(self.addr_width)), "rd_valid": Out(1),
             "w_addr": Out(bits_for(max(w_depth - 1, 1))), "b_addr": Out(bits_for(max(b_depth - 1, 1))),
-            "group_base": Out(bits_for(nmax + lanes)), "group_n": Out(bits_for(lanes)),
+            "o_addr": Out(signed(self.addr_width)), "ch_base": Out(self.ch_width),
+            "group_n": Out(bits_for(lanes)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        d = self.descs
-        L = self.lanes
-        ks = Array(C(x.k - 1, self.k_bits) for x in d)
-        groups = Array(C(x.groups - 1, bits_for(x.groups)) for x in d)
-        last_n = Array(C(x.n - (x.groups - 1) * L, bits_for(L)) for x in d)
-        overlap_ok = Array(C(int(x.k >= L), 1) for x in d)
-        group = Signal(range(max(x.groups for x in d) + 1))
+        d, L = self.descs, self.lanes
+        aw, cw = self.addr_width, self.coord_width
         n_layers = len(d)
 
-        m.d.comb += [self.first.eq(self.k == 0), self.last.eq(self.k == ks[self.layer]),
-                     self.group_n.eq(C(L, bits_for(L)))]
-        with m.If(group == groups[self.layer]):
-            m.d.comb += self.group_n.eq(last_n[self.layer])
+        # the running layer's descriptor, latched from a constant table
+        table = {f: Array(C(getattr(x, f), signed(aw)) for x in d) for f in FIELDS}
+        cfg = {f: Signal(signed(aw), name=f"cfg_{f}") for f in FIELDS}
+        overlap_ok = Array(C(int(x.k >= L), 1) for x in d)
+        cfg_overlap = Signal()
+
+        # loop counters and running addresses
+        ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1))
+        kx, ky = Signal(signed(cw)), Signal(signed(cw))
+        g, ox, oy = Signal(signed(aw)), Signal(signed(cw)), Signal(signed(cw))
+        a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n) for n in ("a_line", "a_px", "a_ky", "a_kx"))
+        iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
+        goff = Signal(self.ch_width)
+        o_pix = Signal(signed(aw))
+
+        last_ci = ci == cfg["ci"] - 1
+        last_kx = kx == cfg["kw"] - 1
+        last_ky = ky == cfg["kh"] - 1
+        last_g = g == cfg["groups"] - 1
+        last_ox = ox == cfg["ow"] - 1
+        last_oy = oy == cfg["oh"] - 1
+        inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
+
+        m.d.comb += [
+            self.first.eq((ci == 0) & (kx == 0) & (ky == 0)),
+            self.last.eq(last_ci & last_kx & last_ky),
+            self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci)),
+            self.rd_valid.eq(~cfg["check"][0] | inside),
+            self.o_addr.eq(o_pix + goff),
+            self.ch_base.eq(goff),
+            self.group_n.eq(Mux(last_g, cfg["n_last"], L)),
+        ]
         m.d.sync += self.done.eq(0)
+
+        def init_layer():
+            return [ci.eq(0), kx.eq(0), ky.eq(0), g.eq(0), ox.eq(0), oy.eq(0),
+                    a_line.eq(cfg["start"]), a_px.eq(cfg["start"]), a_ky.eq(cfg["start"]), a_kx.eq(cfg["start"]),
+                    iy_px.eq(cfg["iy0"]), ix_px.eq(cfg["ix0"]), iy_k.eq(cfg["iy0"]), ix_k.eq(cfg["ix0"]),
+                    goff.eq(0), o_pix.eq(cfg["out_base"]), self.w_addr.eq(cfg["w_base"]),
+                    self.b_addr.eq(cfg["b_base"])]
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [self.busy.eq(1), self.layer.eq(0), group.eq(0), self.group_base.eq(0),
-                                 self.k.eq(0), self.w_addr.eq(0), self.b_addr.eq(0)]
-                    m.next = "GROUP"
+                    m.d.sync += [self.busy.eq(1), self.layer.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.sync += [cfg[f].eq(table[f][self.layer]) for f in FIELDS]
+                m.d.sync += cfg_overlap.eq(overlap_ok[self.layer])
+                m.next = "INIT"
+            with m.State("INIT"):
+                m.d.sync += init_layer()
+                m.next = "GROUP"
             with m.State("GROUP"):
-                with m.If((self.pending == 0) | ((self.pending == 1) & overlap_ok[self.layer])):
+                with m.If((self.pending == 0) | ((self.pending == 1) & cfg_overlap)):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += self.issue.eq(1)
-                m.d.sync += [self.k.eq(self.k + 1), self.w_addr.eq(self.w_addr + 1)]
-                with m.If(self.last):
-                    m.d.sync += [self.k.eq(0), self.b_addr.eq(self.b_addr + 1)]
-                    with m.If(group == groups[self.layer]):
-                        m.next = "FLUSH"
+                m.d.sync += self.w_addr.eq(self.w_addr + 1)
+                with m.If(~last_ci):
+                    m.d.sync += ci.eq(ci + 1)
+                with m.Elif(~last_kx):
+                    m.d.sync += [ci.eq(0), kx.eq(kx + 1), a_kx.eq(a_kx + cfg["inc_kx"]), ix_k.eq(ix_k + cfg["dx"])]
+                with m.Elif(~last_ky):
+                    m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(ky + 1), a_ky.eq(a_ky + cfg["inc_ky"]),
+                                 a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px), iy_k.eq(iy_k + cfg["dy"])]
+                with m.Else():  # the group's last step
+                    m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(0), self.b_addr.eq(self.b_addr + 1)]
+                    m.next = "GROUP"
+                    with m.If(~last_g):
+                        m.d.sync += [g.eq(g + 1), goff.eq(goff + L), a_ky.eq(a_px), a_kx.eq(a_px),
+                                     iy_k.eq(iy_px), ix_k.eq(ix_px)]
                     with m.Else():
-                        m.d.sync += [group.eq(group + 1), self.group_base.eq(self.group_base + L)]
-                        m.next = "GROUP"
+                        m.d.sync += [g.eq(0), goff.eq(0), self.w_addr.eq(cfg["w_base"]),
+                                     self.b_addr.eq(cfg["b_base"]), o_pix.eq(o_pix + cfg["out_pitch"])]
+                        with m.If(~last_ox):
+                            m.d.sync += [ox.eq(ox + 1), a_px.eq(a_px + cfg["inc_ox"]),
+                                         a_ky.eq(a_px + cfg["inc_ox"]), a_kx.eq(a_px + cfg["inc_ox"]),
+                                         ix_px.eq(ix_px + cfg["sx"]), ix_k.eq(ix_px + cfg["sx"]), iy_k.eq(iy_px)]
+                        with m.Elif(~last_oy):
+                            m.d.sync += [ox.eq(0), oy.eq(oy + 1), a_line.eq(a_line + cfg["inc_oy"]),
+                                         a_px.eq(a_line + cfg["inc_oy"]), a_ky.eq(a_line + cfg["inc_oy"]),
+                                         a_kx.eq(a_line + cfg["inc_oy"]), ix_px.eq(cfg["ix0"]),
+                                         ix_k.eq(cfg["ix0"]), iy_px.eq(iy_px + cfg["sy"]),
+                                         iy_k.eq(iy_px + cfg["sy"])]
+                        with m.Else():
+                            m.next = "FLUSH"
             with m.State("FLUSH"):
                 with m.If(self.idle):
                     with m.If(self.layer == n_layers - 1):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [self.layer.eq(self.layer + 1), group.eq(0), self.group_base.eq(0)]
-                        m.next = "GROUP"
+                        m.d.sync += self.layer.eq(self.layer + 1)
+                        m.next = "LOAD"
         return m

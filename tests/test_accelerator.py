@@ -22,7 +22,7 @@ def run_core(program, config, rows, tmp_path):
 
 @pytest.mark.parametrize("lanes,dsp_lanes,x_dtype,h_dtype,per_channel", [
     (8, 8, "uint8", "int8", False),
-    (3, 1, "int8", "uint8", True),
+    (4, 1, "int8", "uint8", True),
     (16, 8, "int8", "int8", True),
 ])
 def test_core_matches_golden(lanes, dsp_lanes, x_dtype, h_dtype, per_channel, tmp_path):

@@ -83,8 +83,12 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
     for l, d in zip(c.program.layers, c.image.layers):
-        layers.append({"name": l.name, "op": "dense", "inputs": l.k, "outputs": l.n, "macs": l.macs,
-                       "lane_groups": d.groups, "cycles": schedule.layer_cycles(d, c.image.lanes, c.image.out_bits),
+        g = l.geometry
+        layers.append({"name": l.name, "op": l.kind, "input": [g["c_in"], g["h"], g["w"]],
+                       "output": [l.n, g["oh"], g["ow"]], "kernel": [g["kh"], g["kw"]], "steps_per_output": l.k,
+                       "macs": l.macs, "mac_bound_cycles": -(-l.macs // c.image.lanes),
+                       "lane_groups": d.groups * d.oh * d.ow,
+                       "cycles": schedule.layer_cycles(d, c.image.lanes, c.image.out_bits),
                        "input_type": l.in_dtype, "output_type": l.out_dtype,
                        "requantizer_tables": int(l.thresholds.shape[0])})
     return {
@@ -134,7 +138,9 @@ def text_report(r: dict) -> str:
         "  layers:",
     ]
     for l in r["layers"]:
-        lines.append(f"    {l['name']}: {l['inputs']} -> {l['outputs']}, {l['macs']} MACs, {l['cycles']} cycles")
+        shape = lambda s: "x".join(map(str, s))
+        lines.append(f"    {l['name']} ({l['op']}): {shape(l['input'])} -> {shape(l['output'])}, {l['macs']} MACs, "
+                     f"{l['cycles']} cycles (MAC bound {l['mac_bound_cycles']})")
     for w in r["warnings"]:
         lines.append(f"  warning: {w}")
     return "\n".join(lines) + "\n"

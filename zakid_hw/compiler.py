@@ -61,7 +61,7 @@ def memory_plan(image: schedule.AccelImage) -> dict:
     mems = {
         "weights": (len(image.weight_words), image.lanes * image.w_width),
         "biases": (len(image.bias_words), image.lanes * image.acc_width),
-        "activations": (image.act_mem_depth, 8),
+        "activations": (image.act_words, 8 * image.lanes),
     }
     for s, stage in enumerate(image.threshold_stages):
         if len(stage) >= 32:
@@ -85,7 +85,8 @@ def default_lanes(board: Board, program: schedule.Program) -> tuple[int, int]:
     widest = max(l.n for l in program.layers)
     dsp = board.device.dsp
     lanes = dsp if dsp else 8
-    lanes = max(1, min(lanes, widest))
+    while lanes > 1 and lanes // 2 >= widest:
+        lanes //= 2
     return lanes, min(dsp, lanes)
 
 
@@ -115,13 +116,13 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         raise ZakidError(f"--baud must be a positive UART baud rate (e.g. 115200), got {baud}")
     graph = load_model(model_path, calibration=calibration)
     lowered = passes.lower_for_hardware(graph)
-    program = schedule.make_program(lowered)
     if lanes is None:
-        n_lanes, dsp_lanes = default_lanes(brd, program)
+        n_lanes, dsp_lanes = default_lanes(brd, schedule.make_program(lowered, 1))
     else:
-        if lanes < 1:
-            raise ZakidError(f"--lanes must be at least 1, got {lanes}")
+        if lanes < 1 or lanes & (lanes - 1):
+            raise ZakidError(f"--lanes must be a power of two (1, 2, 4, 8, 16, ...), got {lanes}")
         n_lanes, dsp_lanes = lanes, min(lanes, brd.device.dsp)
+    program = schedule.make_program(lowered, n_lanes)
     f = DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None else float(clock_mhz)
     f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
     divisor = uart_divisor or max(4, round(f_actual * 1e6 / baud))

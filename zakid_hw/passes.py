@@ -66,6 +66,8 @@ def fold_input_zero_point(graph: Graph) -> Graph:
         if node.op in MAC_OPS:
             a = node.attrs
             a["bias"] = np.asarray(a["bias"], np.int64) - int(a["x_zp"]) * effective_weight(node).sum(axis=1)
+            if node.op == "conv":
+                a["pad_code"] = a.get("pad_code", a["x_zp"])
             a["x_zp"] = 0
     return g
 

@@ -1,12 +1,33 @@
 """Split a hardware-ready graph into host work and accelerator layers, and lay the layers out in memory.
 
 After :func:`zakid_hw.passes.lower_for_hardware` a supported graph reads
-``[host pre: quantize/reshape] -> (dense -> threshold)+ -> [host post: reshape/dequantize]``;
-reshapes between layers do not move data (row-major order is kept), so the accelerator sees each layer
-as a flat vector. The host pre/post parts are run by the driver with the golden model's own functions.
+``[host pre: quantize/reshape/affine] -> accelerator part -> [host post: reshape/dequantize/affine/softmax]``.
+The accelerator part is a DAG of *layers*, each one pass of the controller's loop nest
+``for output pixel: for group of lanes: for kernel row, column (, input channel): MAC`` followed by the
+threshold requantizer:
 
-:func:`memory_image` turns the layers plus an :class:`rtl_gen.config.AccelConfig` into the contents of
-every on-chip memory and the layer descriptor table (:class:`AccelImage`) that :mod:`rtl_gen` builds from.
+=========  ============  ==================================================================================
+kind       lane mode     IR nodes
+=========  ============  ==================================================================================
+conv       broadcast     ``conv`` (group 1, or grouped with zero weights outside each group) or ``dense``,
+                         then ``threshold``; every lane is one output channel and sees the same input code
+depthwise  channel       ``conv`` with one input channel per output channel, then ``threshold``; lane j works
+                         on channel ``g * lanes + j`` of the group
+maxpool    channel, max  ``maxpool`` (the lanes keep a running maximum; an identity table requantizes)
+sumpool    channel       ``sumpool`` then ``threshold`` (average pooling)
+add        channel       ``add`` then ``threshold``: two "kernel taps", one per input tensor
+=========  ============  ==================================================================================
+
+``reshape``/``transpose`` that keep the data order, and ``concat`` along channels, move no data: they are
+resolved into *storages*. A storage is one activation tensor in channel-last order (pixel after pixel, each
+pixel ``pitch`` bytes holding its channels); ``pitch`` is the channel count rounded up to the lane count when a
+channel-mode layer reads it (so lane groups are whole memory words), the channel count otherwise. A concat
+is one storage that its inputs' producers write into at their channel offsets. Storages get byte addresses
+in the activation memory by first-fit over their lifetimes (:func:`allocate`), which gives ping-pong
+buffers for a chain and keeps a residual's input alive until its add.
+
+:func:`memory_image` turns the layers plus the lane count into the contents of every on-chip memory and the
+layer descriptor table (:class:`AccelImage`) that :mod:`rtl_gen` builds from.
 """
 
 from __future__ import annotations
@@ -17,36 +38,93 @@ import numpy as np
 
 from . import golden
 from .errors import ZakidError
-from .ir import Graph, Node
+from .ir import Graph, Node, dtype_range
 from .passes import accumulator_bounds
 
-HOST_PRE_OPS = ("quantize", "reshape")
-HOST_POST_OPS = ("reshape", "dequantize")
+HOST_PRE_OPS = ("quantize", "reshape", "affine", "transpose")
+HOST_POST_OPS = ("reshape", "dequantize", "affine", "softmax", "qsoftmax", "transpose")
+VIEW_OPS = ("reshape", "transpose")
+ACC_OPS = ("dense", "conv", "sumpool", "add")
+
+
+def storage_chw(shape) -> tuple[int, int, int]:
+    """(channels, height, width) of an IR tensor of shape (1, C, H, W), (1, C, L) or (1, N)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) >= 2 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) == 1:
+        return shape[0], 1, 1
+    if len(shape) == 2:
+        return shape[0], 1, shape[1]
+    if len(shape) == 3:
+        return shape
+    raise ZakidError(f"tensors of shape {shape} cannot be stored on the accelerator (batch 1, at most "
+                     "channels x height x width)")
+
+
+@dataclass
+class Storage:
+    """One activation buffer: ``h * w`` pixels of ``pitch`` bytes, channels ``0 .. c-1`` used."""
+    name: str
+    c: int
+    h: int
+    w: int
+    dtype: str
+    pitch: int = 0
+    base: int = 0
+    first: int = 0   # index of the layer that writes it first (-1: the host)
+    last: int = 0    # index of the layer that reads it last (len(layers): the host)
+
+    @property
+    def nbytes(self) -> int:
+        return self.h * self.w * self.pitch
+
+
+@dataclass
+class View:
+    """Where an IR tensor lives: a storage, and the channel offset of its first channel."""
+    storage: Storage
+    offset: int = 0
 
 
 @dataclass
 class Layer:
-    """One dense layer with its threshold requantizer, as the accelerator runs it."""
+    """One pass of the controller's loop nest (see the module docstring)."""
     name: str
-    weight: np.ndarray       # (N, K) int, zero points folded
-    bias: np.ndarray         # (N,) int
-    thresholds: np.ndarray   # (C, T) int, C = 1 or N
-    base: int                # output code for "no threshold reached"
+    kind: str                  # conv, depthwise, maxpool, sumpool, add
+    inputs: list[str]          # IR tensors read (two for add)
+    output: str                # IR tensor written (codes)
+    weight: np.ndarray         # (C_out, K) int, K in loop order (kernel row, column, input channel)
+    bias: np.ndarray           # (C_out,) int
+    thresholds: np.ndarray     # (C, T) int, C = 1 or C_out
+    base: int                  # output code for "no threshold reached"
     in_dtype: str
     out_dtype: str
     acc_range: tuple[int, int]
+    geometry: dict             # c_in, h, w, kh, kw, sy, sx, dy, dx, pt, pl, oh, ow, pad_code
 
     @property
-    def k(self) -> int:
-        return self.weight.shape[1]
+    def channel_mode(self) -> bool:
+        return self.kind != "conv"
 
     @property
     def n(self) -> int:
+        """Output channels."""
         return self.weight.shape[0]
 
     @property
+    def k(self) -> int:
+        """MAC steps per output (kernel taps times input channels for a broadcast layer)."""
+        return self.weight.shape[1]
+
+    @property
+    def pixels(self) -> int:
+        return self.geometry["oh"] * self.geometry["ow"]
+
+    @property
     def macs(self) -> int:
-        return self.weight.size
+        """Multiply-accumulates of the layer (maxima for max pooling)."""
+        return self.pixels * self.weight.size
 
 
 @dataclass
@@ -57,92 +135,297 @@ class Program:
     host_post: list[Node]
     accel_in: str             # tensor names at the accelerator's boundary
     accel_out: str
+    views: dict = field(default_factory=dict)       # IR tensor -> View
+    storages: list = field(default_factory=list)    # every Storage, allocated
+    act_bytes: int = 0        # bytes of activation memory the storages need
+
+    @property
+    def in_storage(self) -> Storage:
+        return self.views[self.accel_in].storage
+
+    @property
+    def out_storage(self) -> Storage:
+        return self.views[self.accel_out].storage
 
     @property
     def in_len(self) -> int:
-        return self.layers[0].k
+        return self.in_storage.nbytes
 
     @property
     def out_len(self) -> int:
-        return self.layers[-1].n
+        return self.out_storage.nbytes
 
     @property
     def macs(self) -> int:
         return sum(l.macs for l in self.layers)
 
     def to_codes(self, x: np.ndarray) -> np.ndarray:
-        """Host side before the accelerator: model input (one row) -> flat input codes."""
+        """Host side before the accelerator: model input (one row) -> the input storage's bytes."""
         env = {self.graph.inputs[0]: np.asarray(x).reshape(self.graph.tensors[self.graph.inputs[0]].shape)}
         for node in self.host_pre:
             env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-        return np.asarray(env[self.accel_in], np.int64).reshape(-1)
+        return to_storage(env[self.accel_in], self.in_storage)
 
     def accel_golden(self, codes: np.ndarray) -> np.ndarray:
-        """What the accelerator must compute: flat input codes -> flat output codes (golden model)."""
+        """What the accelerator must compute: input storage bytes -> output storage bytes (golden model)."""
         t = self.graph.tensors[self.accel_in]
-        env = {self.accel_in: np.asarray(codes, np.int64).reshape(t.shape)}
+        env = {self.accel_in: from_storage(codes, self.in_storage).reshape(t.shape)}
         for node in self.graph.nodes:
             if node not in self.host_pre and node not in self.host_post:
                 env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-        return np.asarray(env[self.accel_out], np.int64).reshape(-1)
+        return to_storage(env[self.accel_out], self.out_storage)
 
     def from_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Host side after the accelerator: flat output codes -> the model's output (one row)."""
+        """Host side after the accelerator: output storage bytes -> the model's output (one row)."""
         t = self.graph.tensors[self.accel_out]
-        env = {self.accel_out: np.asarray(codes, np.int64).reshape(t.shape)}
+        env = {self.accel_out: from_storage(codes, self.out_storage).reshape(t.shape)}
         for node in self.host_post:
             env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
         return env[self.graph.outputs[0]]
 
 
-def make_program(graph: Graph) -> Program:
+def to_storage(x: np.ndarray, s: Storage) -> np.ndarray:
+    """A tensor (any shape with C*H*W elements in C, H, W order) -> the storage's bytes (unused channels 0)."""
+    out = np.zeros((s.h * s.w, s.pitch), np.int64)
+    out[:, : s.c] = np.asarray(x, np.int64).reshape(s.c, s.h * s.w).T
+    return out.reshape(-1)
+
+
+def from_storage(codes: np.ndarray, s: Storage) -> np.ndarray:
+    """The storage's bytes -> the tensor as (C, H, W)."""
+    flat = np.asarray(codes, np.int64).reshape(s.h * s.w, s.pitch)[:, : s.c]
+    return flat.T.reshape(s.c, s.h, s.w)
+
+
+# --------------------------------------------------------------------------------------------------------
+# partition
+
+
+def make_program(graph: Graph, lanes: int = 8) -> Program:
     """Partition a lowered graph (see module docstring); a ZakidError names any node that does not fit."""
     nodes = list(graph.nodes)
     i = 0
-    pre = []
     while i < len(nodes) and nodes[i].op in HOST_PRE_OPS:
-        pre.append(nodes[i])
         i += 1
-    layers = []
+    pre = nodes[:i]
+    j = len(nodes)
+    while j > i and nodes[j - 1].op in HOST_POST_OPS:
+        j -= 1
+    post = nodes[j:]
+    middle = nodes[i:j]
     accel_in = pre[-1].outputs[0] if pre else graph.inputs[0]
-    cur = accel_in
-    while i < len(nodes) and nodes[i].op in ("dense", "reshape"):
-        node = nodes[i]
-        if node.op == "reshape":
-            cur = node.outputs[0]
-            i += 1
+    accel_out = post[0].inputs[0] if post else graph.outputs[0]
+    if not any(n.op in ACC_OPS + ("maxpool",) for n in middle):
+        raise ZakidError("the model has no layer for the accelerator to run (no MatMul/Gemm/Conv/pooling)")
+    for n in middle:
+        if n.op in ("quantize", "dequantize", "affine", "softmax", "requantize", "relu", "clip"):
+            raise ZakidError(f"node {n.name!r} ({n.op}) cannot run on the accelerator between its layers")
+
+    views: dict[str, View] = {}
+    storages: list[Storage] = []
+
+    def new_storage(tensor: str) -> View:
+        t = graph.tensors[tensor]
+        c, h, w = storage_chw(t.shape)
+        s = Storage(tensor, c, h, w, t.dtype)
+        storages.append(s)
+        return View(s)
+
+    views[accel_in] = new_storage(accel_in)
+    # concats first: their inputs become slices of the concat's storage
+    for n in reversed(middle):
+        if n.op == "concat":
+            _plan_concat(graph, n, views, new_storage)
+
+    layers: list[Layer] = []
+    k = 0
+    while k < len(middle):
+        n = middle[k]
+        k += 1
+        if n.op in VIEW_OPS:
+            views[n.outputs[0]] = _view_of(graph, n, views)
             continue
-        if i + 1 >= len(nodes) or nodes[i + 1].op != "threshold":
-            raise ZakidError(f"dense node {node.name!r} is not followed by a requantization; the "
-                             "accelerator needs quantized (int8/uint8) outputs from every layer")
-        thr = nodes[i + 1]
-        a, t = node.attrs, thr.attrs
-        if a["x_zp"] != 0 or np.any(np.asarray(a["w_zp"]) != 0):
-            raise ZakidError(f"dense node {node.name!r} still has zero points; run the hardware passes")
-        layers.append(Layer(node.name, np.asarray(a["weight"], np.int64), np.asarray(a["bias"], np.int64),
-                            np.asarray(t["thresholds"], np.int64), int(t["base"]),
-                            graph.tensors[node.inputs[0]].dtype, t["dtype"], _acc_range(graph, node)))
-        cur = thr.outputs[0]
-        i += 2
-    if not layers:
-        raise ZakidError("the model has no dense (MatMul/Gemm) layer for the accelerator to run")
-    accel_out = cur
-    post_start = i
-    while i < len(nodes) and nodes[i].op in HOST_POST_OPS:
-        i += 1
-    if i != len(nodes):
-        rest = ", ".join(f"{n.name} ({n.op})" for n in nodes[i:])
-        raise ZakidError(f"these nodes cannot run on the accelerator in this position: {rest}")
-    post = nodes[post_start:]
-    for prev, nxt in zip(layers, layers[1:]):
-        if prev.n != nxt.k:
-            raise ZakidError(f"layer {nxt.name!r} reads {nxt.k} values but {prev.name!r} writes {prev.n}")
-    return Program(graph, pre, layers, post, accel_in, accel_out)
+        if n.op == "concat":
+            continue
+        out = n.outputs[0]
+        thr = None
+        if n.op in ACC_OPS:
+            users = graph.consumers(out)
+            if len(users) != 1 or users[0].op != "threshold" or out in graph.outputs:
+                raise ZakidError(f"{n.op} node {n.name!r} is not followed by a requantization; the accelerator "
+                                 "needs quantized (int8/uint8) outputs from every layer")
+            thr = users[0]
+            if thr in middle:
+                middle.remove(thr)
+            out = thr.outputs[0]
+        if out not in views:
+            views[out] = new_storage(out)
+        layers.append(_make_layer(graph, n, thr, out, views))
+    if accel_out not in views:
+        raise ZakidError(f"the accelerator's result {accel_out!r} is not produced by any of its layers")
+
+    # lifetimes, pitches and addresses
+    for idx, layer in enumerate(layers):
+        for t in layer.inputs:
+            if layer.channel_mode and views[t].offset % lanes:
+                raise ZakidError(f"layer {layer.name!r} reads channels of {t!r} at offset {views[t].offset} of a "
+                                 f"concatenation, not a multiple of the {lanes} lanes")
+    for s in storages:
+        writers = [i for i, l in enumerate(layers) if views[l.output].storage is s]
+        readers = [i for i, l in enumerate(layers) if any(views[t].storage is s for t in l.inputs)]
+        s.first = min(writers, default=-1)
+        s.last = max(readers, default=s.first)
+    views[accel_in].storage.first = -1
+    views[accel_out].storage.last = len(layers)
+    for s in storages:
+        chan = any(l.channel_mode and views[t].storage is s for l in layers for t in l.inputs)
+        s.pitch = -(-s.c // lanes) * lanes if chan else s.c
+    for layer in layers:
+        for t in layer.inputs[1:]:
+            if views[t].storage.pitch != views[layer.inputs[0]].storage.pitch:
+                raise ZakidError(f"add node {layer.name!r}: its inputs are stored with different channel layouts")
+    act_bytes = allocate(storages, lanes)
+    return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes)
 
 
-def _acc_range(graph: Graph, dense: Node) -> tuple[int, int]:
-    lo, hi = accumulator_bounds(graph, dense)
-    return int(lo.min()), int(hi.max())
+def _plan_concat(graph, n: Node, views, new_storage):
+    if n.outputs[0] not in views:
+        views[n.outputs[0]] = new_storage(n.outputs[0])
+    dst = views[n.outputs[0]]
+    t = graph.tensors[n.outputs[0]]
+    if n.attrs["axis"] not in (1, 1 - len(t.shape)):
+        raise ZakidError(f"concat node {n.name!r} joins along axis {n.attrs['axis']}; the accelerator joins "
+                         "along channels (axis 1) only")
+    off = dst.offset
+    for src in n.inputs:
+        c = storage_chw(graph.tensors[src].shape)[0]
+        if src in views or graph.producer(src) is None or graph.producer(src).op in VIEW_OPS + ("concat",):
+            raise ZakidError(f"concat node {n.name!r}: input {src!r} must come straight from a layer that is "
+                             "used only by this concat")
+        if len(graph.consumers(src)) != 1:
+            raise ZakidError(f"concat node {n.name!r}: input {src!r} is also used elsewhere, which the "
+                             "accelerator cannot do without copying it")
+        views[src] = View(dst.storage, off)
+        off += c
+
+
+def _view_of(graph, n: Node, views) -> View:
+    src = views[n.inputs[0]]
+    s = src.storage
+    out_shape = graph.tensors[n.outputs[0]].shape
+    if n.op == "transpose":
+        shape = graph.tensors[n.inputs[0]].shape
+        moved = [shape[p] for p in n.attrs["perm"] if shape[p] != 1]
+        if moved != [d for d in shape if d != 1]:
+            raise ZakidError(f"transpose node {n.name!r} reorders data ({list(shape)} -> {list(out_shape)}); only "
+                             "transposes that move axes of size 1 run on the accelerator")
+    c, h, w = storage_chw(out_shape)
+    if (c, h, w) == (s.c, s.h, s.w):
+        return src
+    if h == w == 1 and c == s.c * s.h * s.w:
+        # flatten of a feature map: a dense layer reading it becomes a convolution over the whole map
+        return View(s, src.offset)
+    raise ZakidError(f"{n.op} node {n.name!r} changes the data layout ({s.c}x{s.h}x{s.w} -> {c}x{h}x{w}); the "
+                     "accelerator supports only reshapes that flatten a feature map or change unit axes")
+
+
+def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Layer:
+    a = n.attrs
+    src = views[n.inputs[0]].storage
+    in_dtype = graph.tensors[n.inputs[0]].dtype
+    out_dtype = graph.tensors[out].dtype
+    for name, dt in (("input", in_dtype), ("output", out_dtype)):
+        if dt not in ("int8", "uint8"):
+            raise ZakidError(f"node {n.name!r}: only int8/uint8 activations run on the accelerator, its {name} "
+                             f"is {dt}")
+    geo = dict(c_in=src.c, h=src.h, w=src.w, kh=1, kw=1, sy=1, sx=1, dy=1, dx=1, pt=0, pl=0, pb=0, pr=0,
+               oh=1, ow=1, pad_code=0, ceil_mode=0)
+    inputs = [n.inputs[0]]
+    if n.op in ("conv", "maxpool", "sumpool"):
+        kh, kw = (a["weight"].shape[2:] if n.op == "conv" else a["kernel"])
+        sy, sx = a["strides"]
+        dy, dx = a.get("dilations", (1, 1))
+        pt, pl, pb, pr = a["pads"]
+        cm = int(a.get("ceil_mode", 0))
+        geo.update(kh=int(kh), kw=int(kw), sy=int(sy), sx=int(sx), dy=int(dy), dx=int(dx), pt=int(pt), pl=int(pl),
+                   pb=int(pb), pr=int(pr), ceil_mode=cm,
+                   oh=golden.conv_out_size(src.h, int(kh), int(sy), int(pt), int(pb), int(dy), cm),
+                   ow=golden.conv_out_size(src.w, int(kw), int(sx), int(pl), int(pr), int(dx), cm))
+    if n.op == "dense":
+        w = np.asarray(a["weight"], np.int64)
+        if w.shape[1] != src.c * src.h * src.w:
+            raise ZakidError(f"dense node {n.name!r} reads {w.shape[1]} values from a {src.c}x{src.h}x{src.w} tensor")
+        # ONNX flatten order is (C, H, W); a dense layer on a feature map is a convolution over all of it
+        w = w.reshape(-1, src.c, src.h, src.w).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        geo.update(kh=src.h, kw=src.w)
+        kind, bias = "conv", np.asarray(a["bias"], np.int64)
+    elif n.op == "conv":
+        w4 = np.asarray(a["weight"], np.int64)
+        m, cg, kh, kw = w4.shape
+        group = int(a["group"])
+        geo["pad_code"] = int(a.get("pad_code", a["x_zp"]) if a.get("pad_code") is not None else a["x_zp"])
+        if group > 1 and cg == 1 and m == src.c:
+            kind, w = "depthwise", w4.reshape(m, kh * kw)
+        else:
+            kind = "conv"
+            full = np.zeros((m, src.c, kh, kw), np.int64)  # grouped: zero weights outside each group
+            mg = m // group
+            for gi in range(group):
+                full[gi * mg:(gi + 1) * mg, gi * cg:(gi + 1) * cg] = w4[gi * mg:(gi + 1) * mg]
+            w = full.transpose(0, 2, 3, 1).reshape(m, -1)
+        bias = np.asarray(a["bias"], np.int64)
+        if np.any(np.asarray(a["w_zp"]) != 0) or a["x_zp"] != 0:
+            raise ZakidError(f"conv node {n.name!r} still has zero points; run the hardware passes")
+    elif n.op == "maxpool":
+        kind = "maxpool"
+        w = np.ones((src.c, geo["kh"] * geo["kw"]), np.int64)
+        bias = np.zeros(src.c, np.int64)
+        geo["pad_code"] = dtype_range(in_dtype)[0]
+    elif n.op == "sumpool":
+        kind = "sumpool"
+        kk = geo["kh"] * geo["kw"]
+        w = np.ones((src.c, kk), np.int64)
+        bias = np.full(src.c, -int(a["x_zp"]) * kk, np.int64)
+        geo["pad_code"] = int(a["x_zp"])
+    elif n.op == "add":
+        kind = "add"
+        inputs = list(n.inputs)
+        if graph.tensors[n.inputs[1]].dtype != in_dtype or tuple(graph.tensors[n.inputs[1]].shape) != tuple(
+                graph.tensors[n.inputs[0]].shape):
+            raise ZakidError(f"add node {n.name!r}: both inputs must have the same shape and dtype")
+        w = np.tile(np.array([[a["a_mult"], a["b_mult"]]], np.int64), (src.c, 1))
+        bias = np.full(src.c, -(int(a["a_zp"]) * int(a["a_mult"]) + int(a["b_zp"]) * int(a["b_mult"])), np.int64)
+        geo.update(oh=src.h, ow=src.w, kw=2)
+    else:
+        raise ZakidError(f"node {n.name!r} ({n.op}) cannot run on the accelerator")
+    if thr is None:  # max pooling: the requantizer passes codes through
+        lo, hi = dtype_range(out_dtype)
+        thresholds, base = np.arange(lo + 1, hi + 1, dtype=np.int64)[None, :], lo
+        acc_range = (lo, hi)
+    else:
+        t = thr.attrs
+        thresholds, base = np.asarray(t["thresholds"], np.int64), int(t["base"])
+        lo, hi = accumulator_bounds(graph, n)
+        acc_range = (int(lo.min()), int(hi.max()))
+    return Layer(n.name, kind, inputs, out, w, bias, thresholds, base, in_dtype, out_dtype, acc_range, geo)
+
+
+def allocate(storages: list[Storage], align: int) -> int:
+    """Give every storage a base address (a multiple of ``align``) so that no two storages alive at the
+    same time overlap; first fit in order of first use. Returns the bytes needed."""
+    placed: list[Storage] = []
+    top = 0
+    for s in sorted(storages, key=lambda s: (s.first, -s.nbytes)):
+        busy = sorted((p.base, p.base + p.nbytes) for p in placed if p.first <= s.last and s.first <= p.last)
+        addr = 0
+        for lo, hi in busy:
+            if addr + s.nbytes <= lo:
+                break
+            addr = max(addr, -(-hi // align) * align)
+        s.base = addr
+        placed.append(s)
+        top = max(top, addr + s.nbytes)
+    return top
 
 
 def signed_bits(lo: int, hi: int) -> int:
@@ -153,18 +436,47 @@ def signed_bits(lo: int, hi: int) -> int:
     return n
 
 
+# --------------------------------------------------------------------------------------------------------
+# memory image
+
+
 @dataclass
 class LayerDescriptor:
-    """What the controller needs to know of one layer (all plain integers)."""
-    k: int
-    n: int
-    groups: int
+    """What the controller needs to know of one layer (all plain integers; addresses in bytes)."""
+    chan: int          # 1: channel mode (lane j reads channel g*lanes + j), 0: broadcast
+    is_max: int        # 1: lanes keep a running maximum instead of a sum
+    in_signed: int
+    ci: int            # input channels per kernel tap (broadcast) or 1
+    kw: int
+    kh: int
+    groups: int        # lane groups per output pixel
+    ow: int
+    oh: int
+    k: int             # MAC steps per group: kh * kw * ci
+    start: int         # byte address of the window's top-left input for output pixel (0, 0) (may be < 0)
+    inc_kx: int        # address step per kernel column (for add: from the first input to the second)
+    inc_ky: int        # per kernel row
+    inc_ox: int        # per output column
+    inc_oy: int        # per output row
+    check: int         # 1: some window reaches outside the input (padding)
+    iy0: int           # input row of the window's top for output row 0 (= -pad top)
+    ix0: int
+    sy: int
+    sx: int
+    dy: int
+    dx: int
+    h: int             # input rows and columns (the padding check)
+    w: int
+    pad_code: int      # as an 8-bit pattern
+    out_base: int
+    out_pitch: int
+    out_offset: int    # channel offset within the output storage (concat)
+    n_last: int        # lanes of the last group holding real outputs
     w_base: int
     b_base: int
-    in_signed: int
     table_base: int
     per_channel: int
-    base_code: int  # as an 8-bit two's complement pattern
+    base_code: int     # as an 8-bit two's complement pattern
 
 
 @dataclass
@@ -173,7 +485,7 @@ class AccelImage:
     lanes: int
     w_width: int
     acc_width: int                  # accumulators, biases and thresholds share this width
-    act_depth: int                  # one activation bank; there are two (ping-pong)
+    act_bytes: int                  # activation memory in bytes (a multiple of lanes)
     out_bits: int                   # bits of the threshold search (8 for int8/uint8 codes)
     weight_words: list[list[int]]   # per address: one signed weight per lane
     bias_words: list[list[int]]     # per group: one signed bias per lane
@@ -181,20 +493,17 @@ class AccelImage:
     layers: list[LayerDescriptor] = field(default_factory=list)
     in_len: int = 0
     out_len: int = 0
+    in_base: int = 0
+    out_base: int = 0
 
     @property
-    def act_addr_width(self) -> int:
-        """Address bits within one activation bank (banks are a power of two deep)."""
-        return max(1, (self.act_depth - 1).bit_length())
+    def act_words(self) -> int:
+        return max(1, self.act_bytes // self.lanes)
 
     @property
-    def act_mem_depth(self) -> int:
-        """Depth of the activation memory: two banks."""
-        return 2 << self.act_addr_width
-
-    @property
-    def out_bank(self) -> int:
-        return len(self.layers) % 2
+    def io_addr_width(self) -> int:
+        """Bits of the host's input/output code index."""
+        return max(1, (max(self.in_len, self.out_len) - 1).bit_length())
 
     @property
     def weight_bits(self) -> int:
@@ -218,61 +527,104 @@ def threshold_tree(thresholds: np.ndarray, out_bits: int, sentinel: int) -> list
 
 
 def memory_image(program: Program, lanes: int) -> AccelImage:
+    if lanes < 1 or lanes & (lanes - 1):
+        raise ZakidError(f"the lane count must be a power of two, got {lanes}")
     layers = program.layers
-    lo = min(min(l.acc_range[0], int(l.thresholds.min())) for l in layers)
-    hi = max(max(l.acc_range[1], int(l.thresholds.max())) for l in layers) + 1
+    lo = min(min(l.acc_range[0], int(l.thresholds.min()), int(l.bias.min())) for l in layers)
+    hi = max(max(l.acc_range[1], int(l.thresholds.max()), int(l.bias.max())) for l in layers) + 1
     acc_width = signed_bits(lo, hi)
     sentinel = hi
     w_width = max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in layers)
     out_bits = 8
-    for l in layers:
-        if l.out_dtype not in ("int8", "uint8") or l.in_dtype not in ("int8", "uint8"):
-            raise ZakidError(f"layer {l.name!r}: only int8/uint8 activations are supported on the "
-                             f"accelerator (got {l.in_dtype} -> {l.out_dtype})")
     weight_words, bias_words = [], []
     stages = [[] for _ in range(out_bits)]
     descs = []
-    table = 0
+    tables: dict[bytes, int] = {}  # identical tables (e.g. every max pooling's identity) are stored once
+    n_tables = 0
     for l in layers:
+        g = l.geometry
+        src = program.views[l.inputs[0]]
+        dst = program.views[l.output]
         groups = -(-l.n // lanes)
         w = np.zeros((groups * lanes, l.k), np.int64)
         w[: l.n] = l.weight
         b = np.zeros(groups * lanes, np.int64)
         b[: l.n] = l.bias
+        key = l.thresholds.tobytes() + bytes([l.thresholds.shape[0] > 1])
+        if key not in tables:
+            tables[key] = n_tables
+            for c in range(l.thresholds.shape[0]):
+                for s, entries in enumerate(threshold_tree(l.thresholds[c], out_bits, sentinel)):
+                    stages[s].extend(entries)
+            n_tables += l.thresholds.shape[0]
+        pitch = src.storage.pitch
+        s_base = src.storage.base + src.offset
+        check = int(g["pt"] > 0 or g["pl"] > 0 or (g["oh"] - 1) * g["sy"] + (g["kh"] - 1) * g["dy"] >= g["h"] + g["pt"]
+                    or (g["ow"] - 1) * g["sx"] + (g["kw"] - 1) * g["dx"] >= g["w"] + g["pl"]
+                    or (g["oh"] - 1) * g["sy"] + (g["kh"] - 1) * g["dy"] - g["pt"] >= g["h"]
+                    or (g["ow"] - 1) * g["sx"] + (g["kw"] - 1) * g["dx"] - g["pl"] >= g["w"])
+        if l.kind == "add":
+            other = program.views[l.inputs[1]]
+            inc_kx = (other.storage.base + other.offset) - s_base
+            check = 0
+        else:
+            inc_kx = g["dx"] * pitch
         descs.append(LayerDescriptor(
-            k=l.k, n=l.n, groups=groups, w_base=len(weight_words), b_base=len(bias_words),
-            in_signed=int(l.in_dtype == "int8"), table_base=table, per_channel=int(l.thresholds.shape[0] > 1),
-            base_code=l.base & 0xFF))
-        for g in range(groups):
-            for k in range(l.k):
-                weight_words.append([int(v) for v in w[g * lanes:(g + 1) * lanes, k]])
-            bias_words.append([int(v) for v in b[g * lanes:(g + 1) * lanes]])
-        for c in range(l.thresholds.shape[0]):
-            for s, entries in enumerate(threshold_tree(l.thresholds[c], out_bits, sentinel)):
-                stages[s].extend(entries)
-        table += l.thresholds.shape[0]
-    act_depth = max(max(l.k, l.n) for l in layers)
-    return AccelImage(lanes, w_width, acc_width, act_depth, out_bits, weight_words, bias_words, stages,
-                      descs, program.in_len, program.out_len)
+            chan=int(l.channel_mode), is_max=int(l.kind == "maxpool"), in_signed=int(l.in_dtype == "int8"),
+            ci=g["c_in"] if not l.channel_mode else 1, kw=g["kw"], kh=g["kh"], groups=groups, ow=g["ow"],
+            oh=g["oh"], k=l.k,
+            start=s_base + (-g["pt"] * g["w"] - g["pl"]) * pitch,
+            inc_kx=inc_kx, inc_ky=g["dy"] * g["w"] * pitch, inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch,
+            check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], sx=g["sx"], dy=g["dy"], dx=g["dx"],
+            h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF,
+            out_base=dst.storage.base + dst.offset, out_pitch=dst.storage.pitch, out_offset=dst.offset,
+            n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_words),
+            table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF))
+        if l.k * groups > 0:
+            for gi in range(groups):
+                for k in range(l.k):
+                    weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
+                bias_words.append([int(v) for v in b[gi * lanes:(gi + 1) * lanes]])
+    return AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
+                      bias_words, stages, descs, program.in_len, program.out_len,
+                      program.in_storage.base, program.out_storage.base)
 
+
+# --------------------------------------------------------------------------------------------------------
+# cycle model
 
 #: cycles from a group's last MAC step until its first sum enters the requantizer (memory read, MAC input
 #: register, product register, accumulate, copy to the drain), and the requantizer's latency beyond its stages
 PIPELINE_TO_DRAIN = 5
 REQUANT_EXTRA = 2
+#: cycles the controller spends loading a layer's descriptor and setting up its counters
+LAYER_SETUP = 2
 
 
 def layer_cycles(desc: LayerDescriptor, lanes: int, out_bits: int) -> int:
-    """Exact cycles the controller spends on one layer (tests check it against RTL simulation): one
-    cycle to open each group plus one per input; groups overlap with the previous group's drain when the
-    layer has at least as many inputs as lanes, otherwise they wait for it; then the last group drains
-    and the requantizer empties."""
-    if desc.k >= lanes:
-        issue = desc.groups * (1 + desc.k)
-    else:
-        issue = (1 + desc.k) + (desc.groups - 1) * (desc.k + PIPELINE_TO_DRAIN + lanes)
-    last_n = desc.n - (desc.groups - 1) * lanes
-    return issue + last_n + PIPELINE_TO_DRAIN + out_bits + REQUANT_EXTRA
+    """Exact cycles the controller spends on one layer (tests check it against RTL simulation).
+
+    After its set-up, each group (an output pixel's lane group) costs one cycle to open plus one per
+    MAC step, and it may not open while two earlier groups are still in flight (issued but not yet out
+    of the drain), nor while one is when it has fewer steps than there are lanes (its sums would reach
+    the drain before the drain is free). Each group's sums reach the drain ``PIPELINE_TO_DRAIN`` cycles
+    after its last step and leave it one lane per cycle. After the last group, the drain empties and the
+    requantizer finishes."""
+    in_flight: list[tuple[int, int]] = []  # (cycle its issue counts, cycle its drain is done) per group
+    t = 0
+    n_groups = desc.groups
+    for _ in range(desc.oh * desc.ow):
+        for g in range(n_groups):
+            n = desc.n_last if g == n_groups - 1 else lanes
+            while True:
+                pending = sum(1 for a, b in in_flight if a <= t < b)
+                if pending == 0 or (pending == 1 and desc.k >= lanes):
+                    break
+                t = min(b for a, b in in_flight if a <= t < b)  # wait for the next drain to finish
+            last_step = t + desc.k
+            in_flight = in_flight[-1:] + [(last_step + 1, last_step + PIPELINE_TO_DRAIN + n)]
+            t = last_step + 1
+    return LAYER_SETUP + t + desc.n_last + PIPELINE_TO_DRAIN + out_bits + REQUANT_EXTRA
 
 
 def cycles_per_inference(image: AccelImage) -> int:

@@ -1,0 +1,137 @@
+"""Small integer-IR graphs of CNN shapes, built directly (as an importer would produce them) with random
+weights, for tests of the passes, the scheduler and the RTL."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zakid_hw import golden
+from zakid_hw.ir import Graph, Node, Tensor, dtype_range
+
+
+class IRBuilder:
+    """Appends layers to a graph whose input is a code tensor; each method returns the new tensor name."""
+
+    def __init__(self, rng, shape, dtype="int8", name="cnn"):
+        self.rng, self.name = rng, name
+        self.tensors = {"x": Tensor("x", tuple(shape), dtype, 0.05, 0)}
+        self.nodes: list[Node] = []
+        self.n = 0
+
+    def _t(self, shape, dtype):
+        self.n += 1
+        name = f"t{self.n}"
+        zp = int(self.rng.integers(-10, 10)) if dtype == "int8" else int(self.rng.integers(0, 20))
+        self.tensors[name] = Tensor(name, tuple(int(s) for s in shape), dtype, 0.05, zp)
+        return name
+
+    def _shape_of(self, node, inputs):
+        env = {t: np.zeros(self.tensors[t].shape, np.int64) for t in inputs}
+        return golden.run_node(node, *(env[t] for t in inputs)).shape
+
+    def _requant(self, acc, out_dtype, scale, relu, per_channel, channels):
+        lo, hi = dtype_range(out_dtype)
+        y = self._t(self.tensors[acc].shape, out_dtype)
+        zp = self.tensors[y].zero_point
+        mult = np.float32(scale * self.rng.uniform(0.7, 1.3, channels if per_channel else None))
+        self.nodes.append(Node("requantize", f"rq_{y}", [acc], [y], dict(
+            multiplier=mult, zero_point=zp, dtype=out_dtype, qmin=zp if relu else lo, qmax=hi, axis=1)))
+        return y
+
+    def _acc(self, op, inputs, attrs):
+        node = Node(op, f"{op}{self.n + 1}", list(inputs), ["?"], attrs)
+        shape = self._shape_of(node, inputs)
+        acc = self._t(shape, "int32")
+        node.outputs = [acc]
+        self.nodes.append(node)
+        return acc
+
+    def conv(self, x, m, k=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), group=1, out_dtype="int8",
+             relu=True, per_channel=True, w_zp=0):
+        c = self.tensors[x].shape[1]
+        w = self.rng.integers(-60, 61, (m, c // group, *k))
+        x_zp = self.tensors[x].zero_point
+        acc = self._acc("conv", [x], dict(weight=w, w_zp=w_zp, x_zp=x_zp, bias=self.rng.integers(-2000, 2000, m),
+                                          strides=strides, pads=pads, dilations=dil, group=group))
+        kk = w[0].size
+        return self._requant(acc, out_dtype, 40 / (2600 * np.sqrt(kk)), relu, per_channel, m)
+
+    def dense(self, x, n, out_dtype="int8", relu=False):
+        k = int(np.prod(self.tensors[x].shape))
+        w = self.rng.integers(-60, 61, (n, k))
+        acc = self._acc("dense", [x], dict(weight=w, w_zp=0, x_zp=self.tensors[x].zero_point,
+                                           bias=self.rng.integers(-2000, 2000, n)))
+        return self._requant(acc, out_dtype, 40 / (2600 * np.sqrt(k)), relu, False, n)
+
+    def maxpool(self, x, k=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dil=(1, 1), ceil_mode=0):
+        node = Node("maxpool", f"mp{self.n + 1}", [x], ["?"], dict(kernel=k, strides=strides, pads=pads,
+                                                                   dilations=dil, ceil_mode=ceil_mode))
+        t = self.tensors[x]
+        y = self._t(self._shape_of(node, [x]), t.dtype)
+        self.tensors[y].zero_point = t.zero_point
+        node.outputs = [y]
+        self.nodes.append(node)
+        return y
+
+    def avgpool(self, x, k=None, strides=(1, 1), pads=(0, 0, 0, 0), out_dtype="int8"):
+        k = k or tuple(self.tensors[x].shape[2:])  # global
+        acc = self._acc("sumpool", [x], dict(kernel=k, strides=strides, pads=pads, x_zp=self.tensors[x].zero_point))
+        return self._requant(acc, out_dtype, float(np.float32(1.0 / (k[0] * k[1]))), False, False, 1)
+
+    def add(self, a, b, out_dtype="int8"):
+        acc = self._acc("add", [a, b], dict(a_zp=self.tensors[a].zero_point, b_zp=self.tensors[b].zero_point,
+                                            a_mult=int(self.rng.integers(200, 400)),
+                                            b_mult=int(self.rng.integers(-400, 400))))
+        return self._requant(acc, out_dtype, 1 / 500, False, False, 1)
+
+    def concat(self, xs):
+        node = Node("concat", f"cat{self.n + 1}", list(xs), ["?"], dict(axis=1))
+        y = self._t(self._shape_of(node, xs), self.tensors[xs[0]].dtype)
+        node.outputs = [y]
+        self.nodes.append(node)
+        return y
+
+    def flatten(self, x):
+        shape = (1, int(np.prod(self.tensors[x].shape)))
+        node = Node("reshape", f"flat{self.n + 1}", [x], ["?"], dict(shape=shape))
+        y = self._t(shape, self.tensors[x].dtype)
+        node.outputs = [y]
+        self.nodes.append(node)
+        return y
+
+    def graph(self, out) -> Graph:
+        return Graph(self.name, ["x"], [out], dict(self.tensors), list(self.nodes))
+
+
+def cnn_a(rng, dtype="int8"):
+    """conv 3x3 (3 -> 5 channels), max pool, strided conv with asymmetric padding and dilation, dense."""
+    b = IRBuilder(rng, (1, 3, 9, 8), dtype, "cnn_a")
+    t = b.conv("x", 5, out_dtype="uint8")
+    t = b.maxpool(t, k=(2, 2), strides=(2, 2), ceil_mode=1)
+    t = b.conv(t, 6, k=(3, 2), strides=(2, 1), pads=(0, 1, 2, 0), dil=(1, 2))
+    t = b.dense(b.flatten(t), 7)
+    return b.graph(t)
+
+
+def cnn_b(rng, dtype="int8"):
+    """depthwise 3x3 over 10 channels (more than a lane group), pointwise 1x1, global average pool, dense."""
+    b = IRBuilder(rng, (1, 10, 5, 4), dtype, "cnn_b")
+    t = b.conv("x", 10, group=10, relu=True)
+    t = b.conv(t, 12, k=(1, 1), pads=(0, 0, 0, 0))
+    t = b.avgpool(t)
+    t = b.dense(b.flatten(t), 4)
+    return b.graph(t)
+
+
+def cnn_c(rng, dtype="int8"):
+    """a residual add, a channel concat, a 1-D convolution (height 1), max pool with padding."""
+    b = IRBuilder(rng, (1, 4, 1, 12), dtype, "cnn_c")
+    a = b.conv("x", 8, k=(1, 3), pads=(0, 1, 0, 1))
+    c = b.conv(a, 8, k=(1, 3), pads=(0, 1, 0, 1))
+    s = b.add(a, c)
+    q = b.conv(s, 3, k=(1, 5), strides=(1, 2), pads=(0, 2, 0, 2))
+    r = b.conv(s, 8, k=(1, 5), strides=(1, 2), pads=(0, 2, 0, 2))
+    t = b.concat([r, q])
+    t = b.maxpool(t, k=(1, 3), strides=(1, 1), pads=(0, 1, 0, 1))
+    t = b.conv(t, 6, k=(1, 2), pads=(0, 0, 0, 0))
+    return b.graph(t)
