@@ -204,14 +204,15 @@ def _make_runner(*, extra_env: dict, timeout_s: float | None):
 _SRC_ATTR = re.compile(r'\(\* src = "[^"]*" \*\)')
 
 
-def _build_key(verilog: str, name: str, build_args: list[str], waves: bool) -> str:
+def _build_key(verilog: str, name: str, build_args: list[str], waves: bool, extra: tuple[str, ...] = ()) -> str:
     """Hash of what determines the compiled model. Amaranth's ``(* src = "file:line" *)`` attributes are left
-    out, so editing Python source lines without changing the hardware does not force a recompile."""
+    out, so editing Python source lines without changing the hardware does not force a recompile. ``extra``
+    holds the texts of the extra Verilog sources."""
     import cocotb
 
     h = hashlib.sha256()
     for part in (_SRC_ATTR.sub("", verilog), name, "\0".join(build_args), str(waves), verilator_env()["version"],
-                 getattr(cocotb, "__version__", "?"), sys.version):
+                 getattr(cocotb, "__version__", "?"), sys.version, *extra):
         h.update(part.encode())
         h.update(b"\0\1")
     return h.hexdigest()[:16]
@@ -246,15 +247,19 @@ def _to_verilog(component, name: str) -> str:
     return verilog.convert(component, name=name)
 
 
-def build(component, *, name: str, build_dir, build_args=(), waves: bool = False, verilog: str | None = None) -> Build:
+def build(component, *, name: str, build_dir, build_args=(), waves: bool = False, verilog: str | None = None,
+          extra_sources=()) -> Build:
     """Convert ``component`` to Verilog and compile it with Verilator, unless an identical build exists.
 
+    ``extra_sources`` are further Verilog files compiled with it (e.g. simulation models of the primitives it
+    instantiates); their contents are part of the cache key.
     Returns a :class:`Build`. Raises :class:`SimulationError` (with the log tail) if Verilator fails.
     """
     if verilog is None:
         verilog = _to_verilog(component, name)
     args = list(DEFAULT_BUILD_ARGS) + [a for a in build_args if a not in DEFAULT_BUILD_ARGS]
-    key = _build_key(verilog, name, args, waves)
+    extra_sources = [Path(p).resolve() for p in extra_sources]
+    key = _build_key(verilog, name, args, waves, tuple(p.read_text() for p in extra_sources))
     build_root = Path(build_dir).resolve()
     build_root.mkdir(parents=True, exist_ok=True)
     path = build_root / f"{name}-{key}"
@@ -275,7 +280,7 @@ def build(component, *, name: str, build_dir, build_args=(), waves: bool = False
         t0 = time.monotonic()
         try:
             runner.build(
-                sources=[src],
+                sources=[src, *extra_sources],
                 hdl_toplevel=name,
                 build_dir=path,
                 build_args=args,
@@ -345,6 +350,7 @@ def simulate(
     build_args=(),
     waves: bool = False,
     keep_run_dir: bool = False,
+    extra_sources=(),
 ) -> dict:
     """Simulate ``component`` with Verilator running the cocotb tests in ``test_dir/test_module.py``.
 
@@ -361,6 +367,8 @@ def simulate(
     :param build_args: extra Verilator arguments (added to :data:`DEFAULT_BUILD_ARGS`).
     :param waves: build and run with ``--trace`` (``dump.vcd`` in the kept run directory).
     :param keep_run_dir: keep the run directory after a pass (it is always kept after a failure).
+    :param extra_sources: further Verilog files to compile with the design, e.g. simulation models of the
+        primitives it instantiates (see :func:`rtl_gen.spram.ice40_sim_models`).
     :returns: the dict the bench assembled with :func:`bench_result` (``{}`` if it wrote none).
     :raises SimulationError: a cocotb test failed or errored, the simulator crashed, timed out, or the build
         failed; the message holds the cocotb failure messages and the log tail.
@@ -371,7 +379,8 @@ def simulate(
     if not mod_file.is_file():
         raise SimulationError(f"cocotb test module {test_module!r} not found: {mod_file} does not exist")
 
-    b = build(None, name=name, build_dir=build_dir, build_args=build_args, waves=waves, verilog=verilog)
+    b = build(None, name=name, build_dir=build_dir, build_args=build_args, waves=waves, verilog=verilog,
+              extra_sources=extra_sources)
 
     _prune_runs(b.path)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=b.path))
