@@ -93,13 +93,16 @@ def _windows(x, kernel, strides, pads, dilations, ceil_mode, fill):
             for ky in range(kh) for kx in range(kw)]
 
 
-def conv(x, *, weight, w_zp, x_zp, bias, strides, pads, dilations, group):
-    """Integer 2-D convolution (ONNX Conv / ConvInteger semantics) with an int64 accumulator."""
+def conv(x, *, weight, w_zp, x_zp, bias, strides, pads, dilations, group, pad_code=None):
+    """Integer 2-D convolution (ONNX Conv / ConvInteger semantics) with an int64 accumulator. Padding
+    reads the code ``pad_code`` (default ``x_zp``, i.e. a real 0; the zero-point folding pass keeps the
+    original zero point here)."""
+    pad = int(x_zp if pad_code is None else pad_code) - int(x_zp)
     x = np.asarray(x, np.int64) - int(x_zp)
     w = np.asarray(weight, np.int64) - np.asarray(w_zp, np.int64).reshape(-1, 1, 1, 1)
     m, cg, kh, kw = w.shape
     n, c = x.shape[:2]
-    views = _windows(x, (kh, kw), strides, pads, dilations, 0, 0)
+    views = _windows(x, (kh, kw), strides, pads, dilations, 0, pad)
     wg = w.reshape(group, m // group, cg, kh * kw)
     out = 0
     for k, v in enumerate(views):
@@ -158,6 +161,57 @@ def softmax(x, *, axis):
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
+def _c_logf(v: np.float32) -> float:
+    """The C library's ``logf`` (what onnxruntime calls; numpy's float32 log differs in the last bit for some
+    arguments), falling back to numpy where no C math library can be loaded."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        lib.logf.restype, lib.logf.argtypes = ctypes.c_float, [ctypes.c_float]
+        return float(lib.logf(float(v)))
+    except (OSError, AttributeError):
+        return float(np.log(np.float32(v)))
+
+
+def qsoftmax_exp_table(x_scale, d: int) -> np.ndarray:
+    """onnxruntime's QLinearSoftmax lookup table for rows of ``d`` codes: entry ``t + 255`` is
+    ``f32(exp((t + shift) * x_scale))`` for ``t = x - max(row)`` in -255..0, computed in double, with
+    ``shift = max(0, logf(f32(FLT_MAX / d)) - 5) / x_scale`` (keeps the float32 row sum finite)."""
+    import math
+
+    xs = float(np.float32(x_scale))
+    shift = max(0.0, _c_logf(np.float32(np.finfo(np.float32).max) / np.float32(d)) - 5.0) / xs
+    return np.array([math.exp((float(i) - 255 + shift) * xs) for i in range(256)]).astype(np.float32)
+
+
+def qsoftmax(x, *, x_scale, x_zp, y_scale, y_zp, dtype, axis, opset):
+    """com.microsoft QLinearSoftmax bit for bit as onnxruntime 1.31 (CPU) computes it: per row, ``e = table[x -
+    max]`` (:func:`qsoftmax_exp_table`; ``x_zp`` cancels out), ``s`` = float32 sum of ``e`` in row order,
+    ``y = saturate(rint(f32(f32(e * c) / s)) + y_zp)`` with ``c = floor(f32(1 / y_scale))``. A product ``e * c``
+    that overflows float32 (rows of 1 or 2 with a tiny y_scale) gives onnxruntime's integer conversion of
+    infinity: ``y_zp`` for uint8, and for int8 127 if ``y_zp < 0`` else -128. Rows run along ``axis``
+    (opset >= 13) or over all axes from ``axis`` on (opset < 13)."""
+    x = np.asarray(x, np.int64)
+    lo, hi = dtype_range(dtype)
+    ax = axis % x.ndim
+    moved = x if opset < 13 else np.moveaxis(x, ax, -1)
+    rows = moved.reshape(-1, int(np.prod(x.shape[ax:])) if opset < 13 else x.shape[ax])
+    e = qsoftmax_exp_table(x_scale, rows.shape[1])[rows - rows.max(axis=1, keepdims=True) + 255]
+    total = np.zeros(len(rows), np.float32)
+    for k in range(rows.shape[1]):
+        total = (total + e[:, k]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        q = np.rint((e * np.floor(np.float32(1) / np.float32(y_scale))).astype(np.float32) / total[:, None])
+    inf = ~np.isfinite(q)
+    r = np.where(inf, 0, q).astype(np.int64) + int(y_zp)
+    if lo < 0:
+        r = np.where(inf, hi if int(y_zp) < 0 else lo, r)
+    y = np.clip(r, lo, hi).reshape(moved.shape)
+    return y if opset < 13 else np.moveaxis(y, -1, ax)
+
+
 OP_FUNCS = {
     "quantize": quantize,
     "dequantize": dequantize,
@@ -175,6 +229,7 @@ OP_FUNCS = {
     "clip": clip,
     "affine": affine,
     "softmax": softmax,
+    "qsoftmax": qsoftmax,
 }
 
 

@@ -35,9 +35,13 @@ Ops (``attrs`` in brackets; per-channel arrays run along the last axis):
 ``affine``      float32 -> float32: elementwise steps ``x = f32(x <op> c)`` in order, op one of add, sub,
                 mul, div, c broadcast against x  [steps: list of (op, array)]
 ``softmax``     float32 -> float32 along ``axis`` (host side only)  [axis]
+``qsoftmax``    int8/uint8 -> same dtype along ``axis``: com.microsoft QLinearSoftmax exactly as onnxruntime 1.31
+                computes it (host side only; see :func:`zakid_hw.golden.qsoftmax`)  [x_scale, x_zp, y_scale,
+                y_zp, dtype, axis, opset]; ``opset`` < 13 normalises over all axes from ``axis`` on
 
 Optional attributes (with defaults, see :data:`OPTIONAL`): ``threshold`` and ``requantize`` take ``axis``
-(the channel axis of per-channel tables or multipliers, default -1; conv outputs use 1).
+(the channel axis of per-channel tables or multipliers, default -1; conv outputs use 1); ``conv`` takes
+``pad_code``, the code padding reads (default ``x_zp``; kept by the zero-point folding pass).
 """
 
 from __future__ import annotations
@@ -71,12 +75,14 @@ OPS = {
     "clip": ("lo", "hi"),
     "affine": ("steps",),
     "softmax": ("axis",),
+    "qsoftmax": ("x_scale", "x_zp", "y_scale", "y_zp", "dtype", "axis", "opset"),
 }
 
 #: attributes an op may carry, with the value meant when they are absent
 OPTIONAL = {
     "threshold": {"axis": -1},
     "requantize": {"axis": -1},
+    "conv": {"pad_code": None},
 }
 
 
