@@ -66,4 +66,17 @@ class BoardTop(Elaboratable):
             core.rx.eq(uart_rx.i),
             uart_tx.o.eq(core.tx),
         ]
+        if hasattr(core, "flash_sck"):  # a core that loads its weights from the configuration flash
+            flash = platform.request("spi_flash_1x", 0, dir="-")
+            m.submodules.flash_cs = cs = io.Buffer("o", flash.cs)        # PinsN: the buffer inverts
+            m.submodules.flash_clk = clk = io.Buffer("o", flash.clk)
+            m.submodules.flash_copi = copi = io.Buffer("o", flash.copi)
+            m.submodules.flash_cipo = cipo = io.Buffer("i", flash.cipo)
+            m.d.comb += [cs.o.eq(~core.flash_cs_n), clk.o.eq(core.flash_sck), copi.o.eq(core.flash_copi),
+                         core.flash_cipo.eq(cipo.i)]
+            for pin in ("wp", "hold"):  # active-low pins, driven inactive (high)
+                if hasattr(flash, pin):
+                    buf = io.Buffer("o", getattr(flash, pin))
+                    m.submodules[f"flash_{pin}"] = buf
+                    m.d.comb += buf.o.eq(0)
         return m

@@ -10,6 +10,14 @@ from .config import AccelConfig
 from .controller import Controller
 from .mac_array import MacArray
 from .requantizer import ThresholdRequantizer
+from .spram import SpramMemory
+
+
+def weight_word_values(image) -> list[int]:
+    """The weight memory's words as unsigned integers (lane j in bits ``j * w_width ..``): what the flash
+    image holds for a design with its weights in SPRAM."""
+    mask = (1 << image.w_width) - 1
+    return [sum((v & mask) << (j * image.w_width) for j, v in enumerate(word)) for word in image.weight_words]
 
 
 class Accelerator(wiring.Component):
@@ -30,6 +38,13 @@ class Accelerator(wiring.Component):
         out_data: out, 8: the code at ``out_addr``, one cycle after the address.
         cycles:   out, 32: cycles from ``start`` to ``done`` of the last inference.
 
+    With ``config.weights_in_spram`` the weights live in SPRAM, which the bitstream cannot initialise;
+    three more ports then fill it (before the first ``start``):
+
+        load_we:   in, 1: write ``load_data`` to weight word ``load_addr``.
+        load_addr: in: weight word index.
+        load_data: in, lanes * w_width: the word, lane j in bits ``j * w_width ..`` (two's complement).
+
     Activations live in one memory of ``lanes``-byte words, written a byte at a time; every tensor has
     its own byte range (the compiler's allocation), so residual inputs stay alive and layers never read
     what they write.
@@ -38,12 +53,17 @@ class Accelerator(wiring.Component):
     def __init__(self, config: AccelConfig, image):
         self.config, self.image = config, image
         self.addr_width = image.io_addr_width
-        super().__init__({
+        ports = {
             "in_we": In(1), "in_addr": In(self.addr_width), "in_data": In(8),
             "start": In(1), "busy": Out(1), "done": Out(1),
             "out_addr": In(self.addr_width), "out_data": Out(8),
             "cycles": Out(32),
-        })
+        }
+        if config.weights_in_spram:
+            self.weight_word_bits = config.lanes * image.w_width
+            ports.update(load_we=In(1), load_addr=In(max(1, (len(image.weight_words) - 1).bit_length())),
+                         load_data=In(self.weight_word_bits))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -56,12 +76,17 @@ class Accelerator(wiring.Component):
         # --- memories -------------------------------------------------------------------------------
         w_layout = data.ArrayLayout(signed(img.w_width), L)
         b_layout = data.ArrayLayout(signed(img.acc_width), L)
-        m.submodules.weights = weights = Memory(
-            shape=w_layout, depth=len(img.weight_words), init=img.weight_words)
+        if self.config.weights_in_spram:
+            m.submodules.weights = spram = SpramMemory(self.weight_word_bits, len(img.weight_words), primitive=True)
+            m.d.comb += [spram.we.eq(self.load_we), spram.waddr.eq(self.load_addr), spram.wdata.eq(self.load_data)]
+            w_rd = data.View(w_layout, spram.rdata)
+        else:
+            m.submodules.weights = weights = Memory(
+                shape=w_layout, depth=len(img.weight_words), init=img.weight_words)
+            w_rd = weights.read_port(domain="sync")
         m.submodules.biases = biases = Memory(
             shape=b_layout, depth=len(img.bias_words), init=img.bias_words)
         m.submodules.acts = acts = Memory(shape=8 * L, depth=words, init=[])
-        w_rd = weights.read_port(domain="sync")
         b_rd = biases.read_port(domain="sync")
         a_rd = acts.read_port(domain="sync")
         a_wr = acts.write_port(granularity=8)
@@ -86,7 +111,11 @@ class Accelerator(wiring.Component):
             return byte_addr[lg:lg + waw] if lg + waw <= len(byte_addr) else byte_addr[lg:]
 
         # --- issue: addresses to the memories --------------------------------------------------------
-        m.d.comb += [w_rd.addr.eq(ctrl.w_addr), b_rd.addr.eq(ctrl.b_addr), ctrl.start.eq(self.start),
+        if self.config.weights_in_spram:
+            m.d.comb += spram.raddr.eq(ctrl.w_addr)
+        else:
+            m.d.comb += w_rd.addr.eq(ctrl.w_addr)
+        m.d.comb += [b_rd.addr.eq(ctrl.b_addr), ctrl.start.eq(self.start),
                      self.busy.eq(ctrl.busy), self.done.eq(ctrl.done)]
         host_rd = Signal(aw)
         m.d.comb += host_rd.eq(self.out_addr + img.out_base)
@@ -122,7 +151,7 @@ class Accelerator(wiring.Component):
             with m.Else():
                 m.d.comb += code.eq(rd_bytes[sel])
             m.d.comb += macs.x[lane].eq(extend(code))
-        m.d.comb += [macs.w.eq(w_rd.data), macs.bias.eq(b_rd.data), macs.valid.eq(s1["valid"]),
+        m.d.comb += [macs.w.eq(w_rd if self.config.weights_in_spram else w_rd.data), macs.bias.eq(b_rd.data), macs.valid.eq(s1["valid"]),
                      macs.first.eq(s1["first"]), macs.is_max.eq(is_max[lay])]
 
         # the group's sums are final three cycles after its last step entered the MAC array

@@ -14,12 +14,17 @@ class AccelConfig:
                   shift-and-add multipliers in logic cells. 0 on devices without DSPs.
     clock_mhz:    the clock the design runs at (the PLL output, or the board oscillator).
     uart_divisor: clock cycles per UART bit (clock / baud); simulation uses a small one.
+    weights_in_spram: keep the weights in SPRAM (iCE40 UP5K), loaded from SPI flash at start-up by
+                  :class:`rtl_gen.flash_loader.SpiFlashLoader`, instead of bitstream-initialised block RAM.
+    flash_clk_div: clock cycles per SPI clock half period of that loader.
     """
 
     lanes: int = 8
     dsp_lanes: int = 8
     clock_mhz: float = 12.0
     uart_divisor: int = 104
+    weights_in_spram: bool = False
+    flash_clk_div: int = 2
 
     def __post_init__(self):
         if self.lanes < 1:

@@ -1,11 +1,13 @@
 """The accelerator behind its UART host link: the component a board top level instantiates."""
 
-from amaranth import Module
+from amaranth import Module, ResetInserter
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .accelerator import Accelerator
+from .flash_loader import SpiFlashLoader, wake_cycles_for
 from .host_link import HostLink
+from zakid_hw.flash_image import WEIGHTS_OFFSET
 
 CORE_PORTS = ("in_we", "in_addr", "in_data", "start", "out_addr")   # link -> core
 LINK_PORTS = ("busy", "done", "out_data", "cycles")                  # core -> link
@@ -17,19 +19,38 @@ class AcceleratorSystem(wiring.Component):
     Ports:
         rx: in, 1: UART receive pin (idle high).
         tx: out, 1: UART transmit pin (idle high).
+
+    With ``config.weights_in_spram`` a :class:`~rtl_gen.flash_loader.SpiFlashLoader` first copies the weights
+    from SPI flash (at :data:`zakid_hw.flash_image.WEIGHTS_OFFSET`) into the core's SPRAM; the host link is
+    held in reset until it is done (a host's request during the load goes unanswered; ask again). Then:
+        flash_sck, flash_cs_n, flash_copi: out, 1: SPI flash pins (mode 0).
+        flash_cipo: in, 1.
     """
 
     def __init__(self, config, image, signature: int):
         self.config, self.image, self.model_signature = config, image, signature
-        super().__init__({"rx": In(1), "tx": Out(1)})
+        ports = {"rx": In(1), "tx": Out(1)}
+        if config.weights_in_spram:
+            ports.update(flash_sck=Out(1), flash_cs_n=Out(1, init=1), flash_copi=Out(1), flash_cipo=In(1))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = Accelerator(self.config, self.image)
-        m.submodules.link = link = HostLink(in_len=self.image.in_len, out_len=self.image.out_len,
-                                            signature=self.model_signature, divisor=self.config.uart_divisor,
-                                            addr_width=core.addr_width)
+        link = HostLink(in_len=self.image.in_len, out_len=self.image.out_len, signature=self.model_signature,
+                        divisor=self.config.uart_divisor, addr_width=core.addr_width)
+        if not self.config.weights_in_spram:
+            m.submodules.link = link
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
         m.d.comb += [getattr(core, p).eq(getattr(link, p)) for p in CORE_PORTS]
         m.d.comb += [getattr(link, p).eq(getattr(core, p)) for p in LINK_PORTS]
+        if self.config.weights_in_spram:
+            m.submodules.loader = loader = SpiFlashLoader(
+                offset=WEIGHTS_OFFSET, n_words=len(self.image.weight_words), word_bits=core.weight_word_bits,
+                clk_div=self.config.flash_clk_div, wake_cycles=wake_cycles_for(self.config.clock_mhz * 1e6))
+            m.d.comb += [self.flash_sck.eq(loader.sck), self.flash_cs_n.eq(loader.cs_n),
+                         self.flash_copi.eq(loader.copi), loader.cipo.eq(self.flash_cipo),
+                         core.load_we.eq(loader.mem_we), core.load_addr.eq(loader.mem_addr),
+                         core.load_data.eq(loader.mem_data)]
+            m.submodules.link = ResetInserter(~loader.ready)(link)
         return m

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from boards.top import BoardTop
+from rtl_gen.accelerator import weight_word_values
 from rtl_gen.system import AcceleratorSystem
 
 from . import schedule
 from .compiler import Compiled
 from .errors import ZakidError
+from .flash_image import WEIGHTS_OFFSET, bytes_per_word, flash_image, pack_words
 from .simulate import simulate_codes, verification_rows
 from .synth import build_bitstream
 
@@ -61,6 +63,11 @@ def _build_into(compiled: Compiled, out: Path, *, seed, calibration_path, log) -
     synth = build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name,
                             require_timing=True)
     shutil.copy(synth.bitstream, out / f"{name}.bin")
+    if c.config.weights_in_spram:
+        # SPRAM is not initialised by the bitstream: the design reads the weights from flash at start-up
+        weights = pack_words(weight_word_values(c.image), c.config.lanes * c.image.w_width)
+        (out / f"{name}.weights.bin").write_bytes(weights)
+        (out / f"{name}.flash.bin").write_bytes(flash_image(Path(synth.bitstream).read_bytes(), weights))
     shutil.copy(synth.verilog, out / f"{name}.v")
     shutil.copy(c.model_path, out / "model.onnx")
     if calibration_path is not None:
@@ -113,6 +120,11 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
                       "inferences_per_s_over_uart": round(1 / (uart_s + latency_us * 1e-6), 1)},
         "resources": res,
         "memories": c.memories,
+        "weights_memory": "spram" if c.config.weights_in_spram else "ebr",
+        "flash_image": ({"file": f"{Path(c.model_path).stem}.flash.bin", "weights_file": f"{Path(c.model_path).stem}.weights.bin",
+                         "weights_offset": WEIGHTS_OFFSET, "weights_bytes": len(c.image.weight_words) * bytes_per_word(
+                             c.config.lanes * c.image.w_width)} if c.config.weights_in_spram else None),
+        "activation_bytes": c.image.act_bytes,
         "accumulator_bits": c.image.acc_width,
         "weight_bits": c.image.w_width,
         "layers": layers,
@@ -141,6 +153,10 @@ def text_report(r: dict) -> str:
         shape = lambda s: "x".join(map(str, s))
         lines.append(f"    {l['name']} ({l['op']}): {shape(l['input'])} -> {shape(l['output'])}, {l['macs']} MACs, "
                      f"{l['cycles']} cycles (MAC bound {l['mac_bound_cycles']})")
+    if r.get("flash_image"):
+        f = r["flash_image"]
+        lines.append(f"  flash:       weights in SPRAM, loaded at start-up from flash offset 0x{f['weights_offset']:X} "
+                     f"({f['weights_bytes']} bytes); program {f['file']} (bitstream + weights) with iceprog")
     for w in r["warnings"]:
         lines.append(f"  warning: {w}")
     return "\n".join(lines) + "\n"

@@ -26,6 +26,9 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, help="MAC lanes (default: sized to the device)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="clock frequency (default: per device)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    p.add_argument("--weights", choices=("auto", "ebr", "spram"), default="auto",
+                   help="where the weights live: block RAM, or SPRAM loaded from SPI flash at start-up "
+                        "(default auto: SPRAM only when block RAM is too small)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,7 +81,7 @@ def compile_from_args(a, model):
     from .compiler import compile_model
     calib = load_npy(a.calibration, "calibration") if a.calibration else None
     return compile_model(model, calibration=calib, fpga=a.fpga, device=a.device, board=a.board,
-                         lanes=a.lanes, clock_mhz=a.clock, baud=a.baud)
+                         lanes=a.lanes, clock_mhz=a.clock, baud=a.baud, weights=a.weights)
 
 
 def cmd_build(a) -> int:
@@ -122,11 +125,13 @@ def cmd_run(a) -> int:
     try:
         rep = json.loads(rep_path.read_text())
         board, lanes, clock, baud = rep["board"], rep["mac_lanes"], rep["clock_mhz"], rep["host_link"]["baud"]
+        weights = rep.get("weights_memory", "ebr")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ZakidError(f"{rep_path} is not a report written by 'zakid-hw build' ({type(e).__name__}: {e}); "
                          f"rebuild {bdir} with 'zakid-hw build'") from None
     calib = load_npy(bdir / "calibration.npy", "calibration") if (bdir / "calibration.npy").exists() else None
-    c = compile_model(bdir / "model.onnx", calibration=calib, board=board, lanes=lanes, clock_mhz=clock)
+    c = compile_model(bdir / "model.onnx", calibration=calib, board=board, lanes=lanes, clock_mhz=clock,
+                      weights=weights)
     from .simulate import to_codes
     codes = to_codes(c, load_npy(a.input, "input"))
     with protocol.SerialLink(a.port, baudrate=baud) as link:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from boards.boards import Board, select_board
 from boards.pll import pll_config
 from rtl_gen.config import AccelConfig
+from rtl_gen.spram import spram_blocks
 
 from . import passes, schedule
 from .errors import ZakidError
@@ -55,9 +56,10 @@ def ebr_blocks(depth: int, width: int) -> int:
     return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in EBR_MODES)
 
 
-def memory_plan(image: schedule.AccelImage) -> dict:
-    """Every memory of the design with its size; small threshold stages end up in logic, so only
-    stages of 32 entries or more are counted as block RAM."""
+def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> dict:
+    """Every memory of the design with its size and placement (``ebr`` blocks, or ``spram`` blocks for
+    weights in SPRAM); small threshold stages end up in logic, so only stages of 32 entries or more are
+    counted as block RAM."""
     mems = {
         "weights": (len(image.weight_words), image.lanes * image.w_width),
         "biases": (len(image.bias_words), image.lanes * image.acc_width),
@@ -66,9 +68,14 @@ def memory_plan(image: schedule.AccelImage) -> dict:
     for s, stage in enumerate(image.threshold_stages):
         if len(stage) >= 32:
             mems[f"thresholds{s}"] = (len(stage), image.acc_width)
-    plan = {name: {"depth": d, "width": w, "bits": d * w, "ebr": ebr_blocks(d, w)} for name, (d, w) in mems.items()}
+    plan = {name: {"depth": d, "width": w, "bits": d * w, "ebr": ebr_blocks(d, w), "spram": 0, "place": "ebr"}
+            for name, (d, w) in mems.items()}
     if plan["biases"]["depth"] < 32:
         plan["biases"]["ebr"] = 0  # a few words: Yosys keeps them in logic
+        plan["biases"]["place"] = "logic"
+    if weights_in_spram:
+        cols, rows = spram_blocks(image.lanes * image.w_width, len(image.weight_words))
+        plan["weights"].update(ebr=0, spram=cols * rows, place="spram")
     return plan
 
 
@@ -97,8 +104,14 @@ def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
     if ebr > dev.ebr:
         biggest = sorted(plan.items(), key=lambda kv: -kv[1]["ebr"])[:3]
         detail = ", ".join(f"{n} {m['bits'] / 8192:.1f} KB ({m['ebr']} blocks)" for n, m in biggest)
-        problems.append(f"needs {ebr} block RAMs ({sum(m['bits'] for m in plan.values()) / 8192:.1f} KB: "
-                        f"{detail}), device {dev.name} has {dev.ebr} ({dev.ebr_bits / 8192:.0f} KB of block RAM)")
+        problems.append(f"needs {ebr} block RAMs ({sum(m['bits'] for m in plan.values() if m['place'] == 'ebr') / 8192:.1f} KB; "
+                        f"largest: {detail}), device {dev.name} has {dev.ebr} ({dev.ebr_bits / 8192:.0f} KB of block RAM"
+                        f"{', and the weights did not fit its SPRAM either' if dev.spram else ''})")
+    spram = sum(m["spram"] for m in plan.values())
+    if spram > dev.spram:
+        problems.append(f"the weights need {spram} SPRAM blocks ({plan['weights']['bits'] / 8192:.1f} KB as "
+                        f"{plan['weights']['depth']} words of {plan['weights']['width']} bits), device {dev.name} has "
+                        f"{dev.spram}")
     if config.dsp_lanes > dev.dsp:
         problems.append(f"asks for {config.dsp_lanes} DSP lanes, device {dev.name} has {dev.dsp} DSP blocks")
     lut_lc = (config.lanes - config.dsp_lanes) * LUT_LANE_LC
@@ -110,7 +123,9 @@ def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
 
 
 def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
-                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None) -> Compiled:
+                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto") -> Compiled:
+    """Import, lower, schedule and size a model for a board. ``weights``: "auto" (block RAM, or SPRAM
+    when block RAM is too small and the device has SPRAM), "ebr" or "spram"."""
     brd = select_board(fpga, device, board)  # check names before the (slower) import
     if baud is None or not baud > 0:
         raise ZakidError(f"--baud must be a positive UART baud rate (e.g. 115200), got {baud}")
@@ -129,6 +144,15 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     config = AccelConfig(lanes=n_lanes, dsp_lanes=dsp_lanes, clock_mhz=f_actual, uart_divisor=divisor)
     image = schedule.memory_image(program, n_lanes)
     plan = memory_plan(image)
+    if weights not in ("auto", "ebr", "spram"):
+        raise ZakidError(f"--weights must be auto, ebr or spram, got {weights!r}")
+    if weights == "spram" and not brd.device.spram:
+        raise ZakidError(f"--weights spram: device {brd.device.name} has no SPRAM")
+    if weights == "spram" or (weights == "auto" and brd.device.spram
+                              and sum(m["ebr"] for m in plan.values()) > brd.device.ebr):
+        # weights move to SPRAM, loaded from the configuration flash at start-up
+        config = replace(config, weights_in_spram=True)
+        plan = memory_plan(image, weights_in_spram=True)
     fit_check(brd, config, plan)
     return Compiled(str(model_path), graph, lowered, program, image, config, brd, plan, signature_of(image))
 

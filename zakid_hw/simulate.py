@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rtl_gen.accelerator import Accelerator
+from rtl_gen.accelerator import Accelerator, weight_word_values
+from rtl_gen.flash_loader import SpiFlashLoader, wake_cycles_for
+from rtl_gen.spram import ice40_sim_models
 from rtl_gen.system import AcceleratorSystem
 from sim.runner import SimulationError, simulate
 
 from . import golden
 from .compiler import Compiled
 from .errors import ZakidError
+from .flash_image import WEIGHTS_OFFSET, pack_words
 
 BENCHES = Path(__file__).resolve().parents[1] / "sim" / "benches"
 SIM_UART_DIVISOR = 8
@@ -58,21 +61,35 @@ def signed_codes(raw, dtype: str) -> np.ndarray:
 def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False) -> tuple[np.ndarray, list[int]]:
     """Run input code rows through the RTL; returns output code rows and cycles per row."""
     rows = [[int(c) for c in r] for r in codes]
+    spram = compiled.config.weights_in_spram
+    extra = dict(extra_sources=[ice40_sim_models()]) if spram else {}
     try:
         if uart:
             config = replace(compiled.config, uart_divisor=SIM_UART_DIVISOR)
             dut = AcceleratorSystem(config, compiled.image, compiled.signature)
+            params = dict(divisor=SIM_UART_DIVISOR, in_dtype=compiled.in_dtype, out_dtype=compiled.out_dtype,
+                          runs=rows, unknown=ord("x"))
+            if spram:
+                words = weight_word_values(compiled.image)
+                bits = compiled.config.lanes * compiled.image.w_width
+                image = bytes(WEIGHTS_OFFSET) + pack_words(words, bits)  # the bitstream part is never read
+                loader = SpiFlashLoader(offset=WEIGHTS_OFFSET, n_words=len(words), word_bits=bits,
+                                        clk_div=config.flash_clk_div,
+                                        wake_cycles=wake_cycles_for(config.clock_mhz * 1e6))
+                params["flash"] = {"image": image.hex(), "load_cycles": loader.load_cycles}
+                loader._MustUse__silence = True
             res = simulate(dut, name="zakid_system", test_module="host_link_bench", test_dir=BENCHES,
-                           build_dir=cache_dir(), parameters=dict(
-                               divisor=SIM_UART_DIVISOR, in_dtype=compiled.in_dtype, out_dtype=compiled.out_dtype,
-                               runs=rows, unknown=ord("x")))
+                           build_dir=cache_dir(), parameters=params, **extra)
             if res["info"]["signature"] != compiled.signature:
                 raise ZakidError("the simulated design reported a different model signature")
             out = np.array([r["codes"] for r in res["runs"]], np.int64).reshape(len(rows), -1)
             return out, [r["cycles"] for r in res["runs"]]
         dut = Accelerator(compiled.config, compiled.image)
+        params = {"rows": rows, "out_len": compiled.program.out_len}
+        if spram:
+            params["weights"] = weight_word_values(compiled.image)
         res = simulate(dut, name="zakid_core", test_module="core_bench", test_dir=BENCHES,
-                       build_dir=cache_dir(), parameters={"rows": rows, "out_len": compiled.program.out_len})
+                       build_dir=cache_dir(), parameters=params, **extra)
     except SimulationError as e:
         raise ZakidError(f"RTL simulation failed: {e}") from None
     out = signed_codes(np.array(res["outputs"], np.int64).reshape(len(rows), -1), compiled.out_dtype)

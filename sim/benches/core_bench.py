@@ -1,6 +1,7 @@
 """cocotb bench for the accelerator core: writes input codes, starts, waits, reads output codes.
 
-Parameters: ``rows`` (list of lists of input codes), ``out_len``.
+Parameters: ``rows`` (list of lists of input codes), ``out_len``, and for a core with its weights in SPRAM
+``weights`` (the weight words as integers, written through the load port first).
 Result: ``outputs`` (list of lists of raw 8-bit output codes), ``cycles`` (per row, from the core's
 cycle counter) and ``sim_cycles`` (per row, counted by the bench from start to done).
 """
@@ -20,6 +21,16 @@ async def reset(dut):
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+
+async def load_weights(dut, words):
+    for i, w in enumerate(words):
+        dut.load_we.value = 1
+        dut.load_addr.value = i
+        dut.load_data.value = int(w)
+        await RisingEdge(dut.clk)
+    dut.load_we.value = 0
     await RisingEdge(dut.clk)
 
 
@@ -56,6 +67,8 @@ async def run_rows(dut):
     p = bench_params()
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     await reset(dut)
+    if p.get("weights"):
+        await load_weights(dut, p["weights"])
     outputs, cycles, sim_cycles = [], [], []
     for row in p["rows"]:
         out, c, s = await infer(dut, row, p["out_len"])

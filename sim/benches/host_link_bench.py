@@ -37,7 +37,15 @@ async def host_link(dut):
     dut.rx.value = 1
     dut.rst.value = 1
     await ClockCycles(dut.clk, 3)
+    if p.get("flash"):  # weights in SPRAM: the design loads them from this flash first
+        from sim.spi_flash_model import SpiFlashModel
+
+        flash = SpiFlashModel(sck=dut.flash_sck, cs_n=dut.flash_cs_n, copi=dut.flash_copi, cipo=dut.flash_cipo,
+                              image=bytes.fromhex(p["flash"]["image"]), t_res1_ns=0)
+        flash.start()
     dut.rst.value = 0
+    if p.get("flash"):
+        await ClockCycles(dut.clk, p["flash"]["load_cycles"] + 2)
     uart = UartModel(dut.clk, rx=dut.rx, tx=dut.tx, divisor=p["divisor"])
     await uart.start()
 
