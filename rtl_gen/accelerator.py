@@ -106,6 +106,7 @@ class Accelerator(wiring.Component):
         pad_code = per_layer("pad_code", 8)
         table_base = per_layer("table_base", rq.i_table.shape().width)
         per_channel, base_code = per_layer("per_channel", 1), per_layer("base_code", 8)
+        raw_bytes = per_layer("raw_bytes", 4)  # 0: requantize; n: write the accumulator as n bytes
 
         def word(byte_addr):
             return byte_addr[lg:lg + waw] if lg + waw <= len(byte_addr) else byte_addr[lg:]
@@ -171,17 +172,28 @@ class Accelerator(wiring.Component):
         d_layer = Signal.like(ctrl.layer)
         pending = Signal(2)
         group_issued = ctrl.issue & ctrl.last
-        group_drained = (d_count == 1)
+        group_drained = Signal()
         m.d.sync += pending.eq(pending + group_issued - group_drained)
         m.d.comb += [ctrl.pending.eq(pending), ctrl.idle.eq((pending == 0) & ~rq.busy)]
 
+        d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
+        raw = raw_bytes[d_layer] != 0
+        lane_done = ~raw | (d_byte == raw_bytes[d_layer] - 1)
+        m.d.comb += group_drained.eq((d_count == 1) & lane_done)
         with m.If(fin["last"]):
             m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
-                         d_layer.eq(fin["layer"])]
+                         d_layer.eq(fin["layer"]), d_byte.eq(0)]
         with m.Elif(d_count != 0):
-            m.d.sync += [drain.eq(Cat(drain.as_value()[img.acc_width:], C(0, img.acc_width))),
-                         d_count.eq(d_count - 1), d_addr.eq(d_addr + 1), d_ch.eq(d_ch + 1)]
-        m.d.comb += [rq.i_valid.eq(d_count != 0), rq.i_acc.eq(drain[0]), rq.i_base.eq(base_code[d_layer]),
+            m.d.sync += d_addr.eq(d_addr + 1)
+            with m.If(lane_done):
+                m.d.sync += [drain.eq(Cat(drain.as_value()[img.acc_width:], C(0, img.acc_width))),
+                             d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
+            with m.Else():
+                m.d.sync += d_byte.eq(d_byte + 1)
+        acc32 = Signal(signed(32))
+        m.d.comb += acc32.eq(drain[0])
+        acc_bytes = Array(acc32[8 * b: 8 * b + 8] for b in range(4))
+        m.d.comb += [rq.i_valid.eq((d_count != 0) & ~raw), rq.i_acc.eq(drain[0]), rq.i_base.eq(base_code[d_layer]),
                      rq.i_table.eq(table_base[d_layer] + Mux(per_channel[d_layer], d_ch, 0)),
                      rq.i_tag.eq(d_addr)]
 
@@ -191,6 +203,8 @@ class Accelerator(wiring.Component):
         wr_en = Signal()
         with m.If(rq.o_valid):
             m.d.comb += [wr_en.eq(1), wr_byte.eq(rq.o_tag), wr_code.eq(rq.o_code)]
+        with m.Elif((d_count != 0) & raw):
+            m.d.comb += [wr_en.eq(1), wr_byte.eq(d_addr), wr_code.eq(acc_bytes[d_byte])]
         with m.Elif(~ctrl.busy):
             m.d.comb += [wr_en.eq(self.in_we), wr_byte.eq(self.in_addr + img.in_base), wr_code.eq(self.in_data)]
         m.d.comb += [a_wr.addr.eq(word(wr_byte)), a_wr.data.eq(Cat(*([wr_code] * L))),

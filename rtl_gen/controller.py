@@ -9,7 +9,7 @@ from amaranth.utils import bits_for
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
 FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "inc_ky", "inc_ox", "inc_oy",
           "check", "iy0", "ix0", "sy", "sx", "dy", "dx", "h", "w", "out_base", "out_pitch", "n_last",
-          "w_base", "b_base")
+          "w_base", "b_base", "out_group_step")
 
 
 class Controller(wiring.Component):
@@ -72,7 +72,7 @@ class Controller(wiring.Component):
         # the running layer's descriptor, latched from a constant table
         table = {f: Array(C(getattr(x, f), signed(aw)) for x in d) for f in FIELDS}
         cfg = {f: Signal(signed(aw), name=f"cfg_{f}") for f in FIELDS}
-        overlap_ok = Array(C(int(x.k >= L), 1) for x in d)
+        overlap_ok = Array(C(int(x.k >= L * max(1, x.raw_bytes)), 1) for x in d)
         cfg_overlap = Signal()
 
         # loop counters and running addresses
@@ -82,7 +82,7 @@ class Controller(wiring.Component):
         a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n) for n in ("a_line", "a_px", "a_ky", "a_kx"))
         iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
         goff = Signal(self.ch_width)
-        o_pix = Signal(signed(aw))
+        o_pix, ooff = Signal(signed(aw)), Signal(signed(aw))
 
         last_ci = ci == cfg["ci"] - 1
         last_kx = kx == cfg["kw"] - 1
@@ -97,7 +97,7 @@ class Controller(wiring.Component):
             self.last.eq(last_ci & last_kx & last_ky),
             self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci)),
             self.rd_valid.eq(~cfg["check"][0] | inside),
-            self.o_addr.eq(o_pix + goff),
+            self.o_addr.eq(o_pix + ooff),
             self.ch_base.eq(goff),
             self.group_n.eq(Mux(last_g, cfg["n_last"], L)),
         ]
@@ -107,7 +107,7 @@ class Controller(wiring.Component):
             return [ci.eq(0), kx.eq(0), ky.eq(0), g.eq(0), ox.eq(0), oy.eq(0),
                     a_line.eq(cfg["start"]), a_px.eq(cfg["start"]), a_ky.eq(cfg["start"]), a_kx.eq(cfg["start"]),
                     iy_px.eq(cfg["iy0"]), ix_px.eq(cfg["ix0"]), iy_k.eq(cfg["iy0"]), ix_k.eq(cfg["ix0"]),
-                    goff.eq(0), o_pix.eq(cfg["out_base"]), self.w_addr.eq(cfg["w_base"]),
+                    goff.eq(0), ooff.eq(0), o_pix.eq(cfg["out_base"]), self.w_addr.eq(cfg["w_base"]),
                     self.b_addr.eq(cfg["b_base"])]
 
         with m.FSM():
@@ -139,10 +139,10 @@ class Controller(wiring.Component):
                     m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(0), self.b_addr.eq(self.b_addr + 1)]
                     m.next = "GROUP"
                     with m.If(~last_g):
-                        m.d.sync += [g.eq(g + 1), goff.eq(goff + L), a_ky.eq(a_px), a_kx.eq(a_px),
+                        m.d.sync += [g.eq(g + 1), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]), a_ky.eq(a_px), a_kx.eq(a_px),
                                      iy_k.eq(iy_px), ix_k.eq(ix_px)]
                     with m.Else():
-                        m.d.sync += [g.eq(0), goff.eq(0), self.w_addr.eq(cfg["w_base"]),
+                        m.d.sync += [g.eq(0), goff.eq(0), ooff.eq(0), self.w_addr.eq(cfg["w_base"]),
                                      self.b_addr.eq(cfg["b_base"]), o_pix.eq(o_pix + cfg["out_pitch"])]
                         with m.If(~last_ox):
                             m.d.sync += [ox.eq(ox + 1), a_px.eq(a_px + cfg["inc_ox"]),

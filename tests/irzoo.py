@@ -135,3 +135,13 @@ def cnn_c(rng, dtype="int8"):
     t = b.maxpool(t, k=(1, 3), strides=(1, 1), pads=(0, 1, 0, 1))
     t = b.conv(t, 6, k=(1, 2), pads=(0, 0, 0, 0))
     return b.graph(t)
+
+
+def cnn_raw(rng, dtype="int8"):
+    """a conv whose last dense layer hands its raw accumulators to the host (as QONNX models end)."""
+    b = IRBuilder(rng, (1, 2, 4, 4), dtype, "cnn_raw")
+    t = b.conv("x", 6)
+    w = b.rng.integers(-60, 61, (5, 6 * 16))
+    acc = b._acc("dense", [b.flatten(t)], dict(weight=w, w_zp=0, x_zp=b.tensors[t].zero_point,
+                                              bias=b.rng.integers(-2000, 2000, 5)))
+    return b.graph(acc)

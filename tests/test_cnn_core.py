@@ -16,6 +16,7 @@ from zakid_hw.simulate import signed_codes
     (irzoo.cnn_a, 4, 2, "int8"),
     (irzoo.cnn_b, 8, 8, "uint8"),
     (irzoo.cnn_c, 4, 4, "int8"),
+    (irzoo.cnn_raw, 4, 4, "uint8"),
 ])
 def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, tmp_path):
     rng = np.random.default_rng(lanes)
@@ -27,7 +28,7 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, tmp_path):
     xs[1] = hi
     rows = np.stack([prog.to_codes(x) for x in xs])
     res = run_core(prog, AccelConfig(lanes=lanes, dsp_lanes=dsp_lanes), rows, tmp_path)
-    got = signed_codes(res["outputs"], g.tensors[prog.accel_out].dtype)
+    got = signed_codes(res["outputs"], prog.out_code_dtype)
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)
     image = schedule.memory_image(prog, lanes)

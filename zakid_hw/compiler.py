@@ -46,7 +46,8 @@ class Compiled:
 
     @property
     def out_dtype(self) -> str:
-        return self.program.graph.tensors[self.program.accel_out].dtype
+        """How the host reads output bytes (raw accumulator bytes read as uint8)."""
+        return self.program.out_code_dtype
 
 
 def ebr_blocks(depth: int, width: int) -> int:
@@ -106,7 +107,7 @@ def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
         detail = ", ".join(f"{n} {m['bits'] / 8192:.1f} KB ({m['ebr']} blocks)" for n, m in biggest)
         problems.append(f"needs {ebr} block RAMs ({sum(m['bits'] for m in plan.values() if m['place'] == 'ebr') / 8192:.1f} KB; "
                         f"largest: {detail}), device {dev.name} has {dev.ebr} ({dev.ebr_bits / 8192:.0f} KB of block RAM"
-                        f"{', and the weights did not fit its SPRAM either' if dev.spram else ''})")
+                        f"{'; the weights are already in SPRAM' if plan['weights']['place'] == 'spram' else ''})")
     spram = sum(m["spram"] for m in plan.values())
     if spram > dev.spram:
         problems.append(f"the weights need {spram} SPRAM blocks ({plan['weights']['bits'] / 8192:.1f} KB as "

@@ -41,7 +41,7 @@ from .errors import ZakidError
 from .ir import Graph, Node, dtype_range
 from .passes import accumulator_bounds
 
-HOST_PRE_OPS = ("quantize", "reshape", "affine", "transpose")
+HOST_PRE_OPS = ("quantize", "clip", "reshape", "affine", "transpose")
 HOST_POST_OPS = ("reshape", "dequantize", "affine", "softmax", "qsoftmax", "transpose")
 VIEW_OPS = ("reshape", "transpose")
 ACC_OPS = ("dense", "conv", "sumpool", "add")
@@ -70,7 +70,8 @@ class Storage:
     h: int
     w: int
     dtype: str
-    pitch: int = 0
+    pitch: int = 0     # bytes per pixel
+    value_bytes: int = 1  # bytes per value: >1 only for raw accumulators (little-endian two's complement)
     base: int = 0
     first: int = 0   # index of the layer that writes it first (-1: the host)
     last: int = 0    # index of the layer that reads it last (len(layers): the host)
@@ -106,6 +107,11 @@ class Layer:
     @property
     def channel_mode(self) -> bool:
         return self.kind != "conv"
+
+    @property
+    def raw(self) -> bool:
+        """The layer writes its accumulators (no requantizer): the network's last layer, for the host."""
+        return self.thresholds.shape[1] == 0
 
     @property
     def n(self) -> int:
@@ -148,6 +154,11 @@ class Program:
         return self.views[self.accel_out].storage
 
     @property
+    def out_code_dtype(self) -> str:
+        """How the host reads the output bytes: the output's dtype, or raw bytes ("uint8") for accumulators."""
+        return "uint8" if self.out_storage.value_bytes > 1 or self.out_storage.dtype == "int32" else self.out_storage.dtype
+
+    @property
     def in_len(self) -> int:
         return self.in_storage.nbytes
 
@@ -185,15 +196,24 @@ class Program:
 
 
 def to_storage(x: np.ndarray, s: Storage) -> np.ndarray:
-    """A tensor (any shape with C*H*W elements in C, H, W order) -> the storage's bytes (unused channels 0)."""
+    """A tensor (any shape with C*H*W elements in C, H, W order) -> the storage's bytes (unused channels 0;
+    values of several bytes as unsigned bytes, little-endian)."""
+    vals = np.asarray(x, np.int64).reshape(s.c, s.h * s.w).T
+    if s.value_bytes > 1:
+        vals = np.stack([(vals >> (8 * b)) & 0xFF for b in range(s.value_bytes)], axis=-1).reshape(s.h * s.w, -1)
     out = np.zeros((s.h * s.w, s.pitch), np.int64)
-    out[:, : s.c] = np.asarray(x, np.int64).reshape(s.c, s.h * s.w).T
+    out[:, : vals.shape[1]] = vals
     return out.reshape(-1)
 
 
 def from_storage(codes: np.ndarray, s: Storage) -> np.ndarray:
     """The storage's bytes -> the tensor as (C, H, W)."""
-    flat = np.asarray(codes, np.int64).reshape(s.h * s.w, s.pitch)[:, : s.c]
+    flat = np.asarray(codes, np.int64).reshape(s.h * s.w, s.pitch)[:, : s.c * s.value_bytes]
+    if s.value_bytes > 1:
+        parts = (flat.reshape(s.h * s.w, s.c, s.value_bytes) & 0xFF) << (8 * np.arange(s.value_bytes))
+        flat = parts.sum(axis=-1)
+        top = 1 << (8 * s.value_bytes - 1)
+        flat = np.where(flat >= top, flat - 2 * top, flat)
     return flat.T.reshape(s.c, s.h, s.w)
 
 
@@ -251,13 +271,16 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
         thr = None
         if n.op in ACC_OPS:
             users = graph.consumers(out)
-            if len(users) != 1 or users[0].op != "threshold" or out in graph.outputs:
+            if out == accel_out and n.op in ("dense", "conv"):
+                pass  # the last layer may hand its raw accumulators to the host
+            elif len(users) != 1 or users[0].op != "threshold" or out in graph.outputs:
                 raise ZakidError(f"{n.op} node {n.name!r} is not followed by a requantization; the accelerator "
-                                 "needs quantized (int8/uint8) outputs from every layer")
-            thr = users[0]
-            if thr in middle:
-                middle.remove(thr)
-            out = thr.outputs[0]
+                                 "needs quantized (int8/uint8) outputs from every layer but the last")
+            else:
+                thr = users[0]
+                if thr in middle:
+                    middle.remove(thr)
+                out = thr.outputs[0]
         if out not in views:
             views[out] = new_storage(out)
         layers.append(_make_layer(graph, n, thr, out, views))
@@ -279,7 +302,7 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
     views[accel_out].storage.last = len(layers)
     for s in storages:
         chan = any(l.channel_mode and views[t].storage is s for l in layers for t in l.inputs)
-        s.pitch = -(-s.c // lanes) * lanes if chan else s.c
+        s.pitch = -(-s.c // lanes) * lanes if chan else s.c * s.value_bytes
     for layer in layers:
         for t in layer.inputs[1:]:
             if views[t].storage.pitch != views[layer.inputs[0]].storage.pitch:
@@ -334,7 +357,8 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
     src = views[n.inputs[0]].storage
     in_dtype = graph.tensors[n.inputs[0]].dtype
     out_dtype = graph.tensors[out].dtype
-    for name, dt in (("input", in_dtype), ("output", out_dtype)):
+    raw = thr is None and n.op in ("dense", "conv")
+    for name, dt in (("input", in_dtype), ("output", "int8" if raw else out_dtype)):
         if dt not in ("int8", "uint8"):
             raise ZakidError(f"node {n.name!r}: only int8/uint8 activations run on the accelerator, its {name} "
                              f"is {dt}")
@@ -398,7 +422,12 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
         geo.update(oh=src.h, ow=src.w, kw=2)
     else:
         raise ZakidError(f"node {n.name!r} ({n.op}) cannot run on the accelerator")
-    if thr is None:  # max pooling: the requantizer passes codes through
+    if raw:  # the accumulators themselves go to the host, in as few bytes as hold them
+        lo, hi = accumulator_bounds(graph, n)
+        acc_range = (int(lo.min()), int(hi.max()))
+        views[out].storage.value_bytes = -(-signed_bits(*acc_range) // 8)
+        thresholds, base = np.zeros((1, 0), np.int64), 0
+    elif thr is None:  # max pooling: the requantizer passes codes through
         lo, hi = dtype_range(out_dtype)
         thresholds, base = np.arange(lo + 1, hi + 1, dtype=np.int64)[None, :], lo
         acc_range = (lo, hi)
@@ -477,6 +506,8 @@ class LayerDescriptor:
     table_base: int
     per_channel: int
     base_code: int     # as an 8-bit two's complement pattern
+    raw_bytes: int = 0  # >0: write each accumulator as this many bytes instead of requantizing it
+    out_group_step: int = 0  # bytes between the outputs of consecutive lane groups
 
 
 @dataclass
@@ -530,12 +561,14 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
     if lanes < 1 or lanes & (lanes - 1):
         raise ZakidError(f"the lane count must be a power of two, got {lanes}")
     layers = program.layers
-    lo = min(min(l.acc_range[0], int(l.thresholds.min()), int(l.bias.min())) for l in layers)
-    hi = max(max(l.acc_range[1], int(l.thresholds.max()), int(l.bias.max())) for l in layers) + 1
+    lo = min(min(l.acc_range[0], int(l.thresholds.min(initial=0)), int(l.bias.min())) for l in layers)
+    hi = max(max(l.acc_range[1], int(l.thresholds.max(initial=0)), int(l.bias.max())) for l in layers) + 1
     acc_width = signed_bits(lo, hi)
     sentinel = hi
     w_width = max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in layers)
-    out_bits = 8
+    # threshold search depth: enough for the layer with the most output levels (8 bits for int8 codes,
+    # 2 for 2-bit activations)
+    out_bits = max(1, max(int(l.thresholds.shape[1]) for l in layers).bit_length())
     weight_words, bias_words = [], []
     stages = [[] for _ in range(out_bits)]
     descs = []
@@ -551,7 +584,9 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
         b = np.zeros(groups * lanes, np.int64)
         b[: l.n] = l.bias
         key = l.thresholds.tobytes() + bytes([l.thresholds.shape[0] > 1])
-        if key not in tables:
+        if l.raw:
+            tables.setdefault(key, 0)
+        elif key not in tables:
             tables[key] = n_tables
             for c in range(l.thresholds.shape[0]):
                 for s, entries in enumerate(threshold_tree(l.thresholds[c], out_bits, sentinel)):
@@ -579,7 +614,9 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
             h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF,
             out_base=dst.storage.base + dst.offset, out_pitch=dst.storage.pitch, out_offset=dst.offset,
             n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_words),
-            table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF))
+            table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
+            raw_bytes=dst.storage.value_bytes if l.raw else 0,
+            out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1)))
         if l.k * groups > 0:
             for gi in range(groups):
                 for k in range(l.k):
@@ -597,6 +634,8 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
 #: register, product register, accumulate, copy to the drain), and the requantizer's latency beyond its stages
 PIPELINE_TO_DRAIN = 5
 REQUANT_EXTRA = 2
+#: cycles after the last raw byte is written until the layer ends
+RAW_EXTRA = 0
 #: cycles the controller spends loading a layer's descriptor and setting up its counters
 LAYER_SETUP = 2
 
@@ -613,17 +652,20 @@ def layer_cycles(desc: LayerDescriptor, lanes: int, out_bits: int) -> int:
     in_flight: list[tuple[int, int]] = []  # (cycle its issue counts, cycle its drain is done) per group
     t = 0
     n_groups = desc.groups
+    per_lane = max(1, desc.raw_bytes)  # drain cycles per lane
     for _ in range(desc.oh * desc.ow):
         for g in range(n_groups):
-            n = desc.n_last if g == n_groups - 1 else lanes
+            n = (desc.n_last if g == n_groups - 1 else lanes) * per_lane
             while True:
                 pending = sum(1 for a, b in in_flight if a <= t < b)
-                if pending == 0 or (pending == 1 and desc.k >= lanes):
+                if pending == 0 or (pending == 1 and desc.k >= lanes * per_lane):
                     break
                 t = min(b for a, b in in_flight if a <= t < b)  # wait for the next drain to finish
             last_step = t + desc.k
             in_flight = in_flight[-1:] + [(last_step + 1, last_step + PIPELINE_TO_DRAIN + n)]
             t = last_step + 1
+    if desc.raw_bytes:
+        return LAYER_SETUP + t + desc.n_last * per_lane + PIPELINE_TO_DRAIN + RAW_EXTRA
     return LAYER_SETUP + t + desc.n_last + PIPELINE_TO_DRAIN + out_bits + REQUANT_EXTRA
 
 
