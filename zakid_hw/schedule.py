@@ -441,10 +441,10 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
 
 def allocate(storages: list[Storage], align: int) -> int:
     """Give every storage a base address (a multiple of ``align``) so that no two storages alive at the
-    same time overlap; first fit in order of first use. Returns the bytes needed."""
+    same time overlap: largest first, each at the lowest free address. Returns the bytes needed."""
     placed: list[Storage] = []
     top = 0
-    for s in sorted(storages, key=lambda s: (s.first, -s.nbytes)):
+    for s in sorted(storages, key=lambda s: (-s.nbytes, s.first)):
         busy = sorted((p.base, p.base + p.nbytes) for p in placed if p.first <= s.last and s.first <= p.last)
         addr = 0
         for lo, hi in busy:
