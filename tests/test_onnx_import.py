@@ -266,11 +266,11 @@ def test_unsupported_ops_all_listed(tmp_path):
     model = float_mlp((8, 4))
     g = model.graph
     g.node.append(helper.make_node("Sigmoid", ["y"], ["s"], name="act_sigmoid"))
-    g.node.append(helper.make_node("Softmax", ["s"], ["p"], name="head_softmax"))
+    g.node.append(helper.make_node("Sin", ["s"], ["p"], name="head_sin"))
     g.node.append(helper.make_node("Sigmoid", ["p"], ["z"], name="act2"))
     del g.output[:]
     g.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4]))
-    msg = raises(_save(model, tmp_path / "m.onnx"), "'act_sigmoid' (Sigmoid)", "'head_softmax' (Softmax)",
+    msg = raises(_save(model, tmp_path / "m.onnx"), "'act_sigmoid' (Sigmoid)", "'head_sin' (Sin)",
                  "'act2' (Sigmoid)", calibration=np.zeros((4, 8), np.float32))
     assert "3 unsupported" in msg
 
@@ -338,10 +338,14 @@ def test_qdq_gemm_left_in_float(tmp_path):
     raises(_save(model, tmp_path / "a.onnx"), "'fc0' (Gemm)", "'fc1' (Gemm)", "float")
 
 
-def test_residual_add_rejected(tmp_path):
+def test_residual_add(tmp_path):
+    """QLinearAdd of two computed tensors (a residual connection): IR add + threshold (zakid_hw.ort_arith)."""
     path = quantize_model(float_mlp((8, 8, 8), use_gemm=False, relu=False), calib_rows((8,)), "qoperator",
                           "int8", False, tmp_path)
     model = onnx.load(path)
     add = next(n for n in model.graph.node if n.op_type == "QLinearAdd")
     add.input[3] = model.graph.node[0].output[0]  # add the quantized input instead of the bias
-    raises(_save(model, tmp_path / "res.onnx"), repr(add.name), "residual")
+    add.input[4], add.input[5] = model.graph.node[0].input[1], model.graph.node[0].input[2]
+    graph = load_model(_save(model, tmp_path / "res.onnx"))
+    assert "add" in {n.op for n in graph.nodes}
+    assert_bit_exact(graph, tmp_path / "res.onnx", make_inputs(graph, n=1000))

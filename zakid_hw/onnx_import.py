@@ -1,36 +1,56 @@
-"""ONNX importer for multi-layer perceptrons: ONNX file -> integer IR (:mod:`zakid_hw.ir`).
+"""ONNX importer: ONNX file -> integer IR (:mod:`zakid_hw.ir`), bit-exact with onnxruntime.
 
-:func:`load_model` accepts three forms of MLP (MatMul/Gemm, bias Add, Relu, Flatten/Reshape):
+:func:`load_model` accepts MLPs and small CNNs in three forms:
 
 ``qoperator``
-    onnxruntime's QOperator output: QuantizeLinear, QLinearMatMul, com.microsoft QGemm, com.microsoft
-    QLinearAdd (the bias of a MatMul + Add layer), DequantizeLinear.
+    onnxruntime's QOperator output: QuantizeLinear, QLinearMatMul, QLinearConv, com.microsoft QGemm,
+    QLinearAdd (a bias, or a residual connection of two computed tensors), QLinearConcat, QLinearAveragePool,
+    QLinearGlobalAveragePool, QLinearSoftmax, QLinearSigmoid/QLinearLeakyRelu, MaxPool on codes,
+    DequantizeLinear; also ConvInteger and MatMulInteger (int32 results).
 ``qdq``
-    onnxruntime's QDQ output: QuantizeLinear/DequantizeLinear around float MatMul/Gemm/Add. onnxruntime fuses
-    DQ -> MatMul/Gemm -> Q into QLinearMatMul/QGemm at its default optimisation level, and that fused
-    arithmetic is what the IR reproduces. The importer asks onnxruntime which nodes it fuses and refuses
-    a model whose MatMul/Gemm onnxruntime would run in float.
+    onnxruntime's QDQ output: QuantizeLinear/DequantizeLinear around float MatMul/Gemm/Conv/Add/AveragePool/
+    GlobalAveragePool/Concat/Softmax. onnxruntime fuses DQ -> op -> Q into its integer kernels at its default
+    optimisation level, and that fused arithmetic is what the IR reproduces. The importer asks onnxruntime
+    which nodes it fuses and refuses (naming them) a model whose MatMul/Gemm/Conv/pooling/Add of two tensors
+    onnxruntime would run in float.
 ``float+calibration``
-    a float model plus calibration rows: quantized with onnxruntime's ``quantize_static``
-    (see :mod:`zakid_hw.quantize_float` for the default scheme), then imported as ``qoperator``.
+    a float model plus calibration rows: prepared (opset 13, constants and BatchNormalization folded) and
+    quantized with onnxruntime's ``quantize_static`` (see :mod:`zakid_hw.quantize_float` for the default
+    scheme), then imported as ``qoperator``.
+
+Shape ops (Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Identity) act on codes. Convolutions are IR
+``conv`` (NCHW; 1-D convolutions are 2-D with H = 1, and their (1, C, L) tensors are (1, C, 1, L) in the IR),
+with any kernel, stride, dilation, explicit or auto padding and group count (depthwise included). The module is
+split in three: this file (entry point, checks, values, MLP layers, shapes), :mod:`zakid_hw.onnx_cnn`
+(convolution, pooling, residual Add, Concat, Transpose, Softmax) and :mod:`zakid_hw.onnx_islands` (tabulated
+elementwise islands); :mod:`zakid_hw.onnx_common` holds what they share.
 
 The IR reproduces onnxruntime 1.31 (CPU, default optimisation level) bit for bit:
 
 * QuantizeLinear: ``saturate(rint(f32(x) / f32(scale)) + zp)`` (IR ``quantize``).
-* QLinearMatMul and QGemm: int32 accumulator ``sum((x - x_zp) * (w - w_zp)) + bias`` (IR ``dense``), then
-  IR ``requantize`` with the multiplier formed in float32 in onnxruntime's order,
+* QLinearMatMul, QGemm and QLinearConv: int32 accumulator ``sum((x - x_zp) * (w - w_zp)) + bias`` (IR ``dense``
+  or ``conv``; padding reads the code ``x_zp``), then IR ``requantize`` (per channel along axis 1 for
+  convolutions) with the multiplier formed in float32 in onnxruntime's order,
   ``f32(f32(f32(alpha * x_scale) * w_scale[n]) / y_scale)`` (alpha is 1 except for QGemm; see
   ``quant_gemm.cc`` / ``quantize_linear_matmul.cc`` in onnxruntime), the product ``f32(f32(acc) * m)`` rounded
   half to even, plus the zero point, saturated.
+* MaxPool on codes: IR ``maxpool``. A MaxPool between DequantizeLinear and QuantizeLinear runs on the codes
+  too (max commutes with the non-decreasing code maps), followed by the island of its Q(DQ()).
+* Average pooling (QLinearAveragePool, QLinearGlobalAveragePool, fused QDQ AveragePool/GlobalAveragePool): IR
+  ``sumpool`` + ``threshold`` from :func:`zakid_hw.ort_arith.avgpool_form`; refused (with the reason) where
+  onnxruntime's float32 averaging is not a function of the window sum, or where padded windows hold different
+  numbers of inputs (the IR threshold has no per-position tables).
+* Add of two computed tensors (QLinearAdd, fused QDQ Add): IR ``add`` + ``threshold`` from
+  :func:`zakid_hw.ort_arith.add_form`.
+* Concat: inputs whose quantization differs from the output's are requantized by their tabulated code map
+  (merged into their producing layer), then IR ``concat``.
+* QLinearSoftmax (and fused QDQ Softmax): host op IR ``qsoftmax``; a float Softmax computing the graph output
+  after a DequantizeLinear: host IR ``dequantize`` + ``softmax`` (not bit-exact: exp differs between libraries).
 * DequantizeLinear: ``f32(q - zp) * f32(scale)`` (IR ``dequantize``).
-* An elementwise "island" between two integer tensors (QLinearAdd of a constant bias, DQ -> Add -> Q that
-  onnxruntime does not fuse, DQ -> Relu -> Q, Q(DQ(q)) with new parameters) is a per-channel,
-  non-decreasing map of the 256 input codes. Its kernels differ between CPUs (AVX2 uses FMA, NEON fixed
-  point), so the importer *tabulates* it by running exactly those nodes in onnxruntime on all 256 codes,
-  then composes the table with the producing layer's ``requantize`` into one IR ``threshold`` (an exact
-  staircase on the accumulator). A table that is the identity or a clamp at a zero point becomes nothing or
-  a ``relu`` instead.
-* Relu on an integer tensor (ONNX semantics ``max(q, 0)``) becomes IR ``relu`` with ``zero_point=0``.
+* Elementwise "islands" between two integer tensors (QLinearAdd of a constant bias, DQ -> Add/Mul/Relu/Clip/
+  BatchNormalization/... -> Q, Q(DQ(q)) with new parameters) are tabulated with onnxruntime on all 256 codes and
+  merged into the producing layer's threshold (see :mod:`zakid_hw.onnx_islands`).
+* Relu/Clip on an integer tensor (ONNX semantics ``max(q, 0)``) becomes IR ``relu``/``clip``.
 
 One onnxruntime behaviour is *not* reproduced, because it is not integer arithmetic: on x86 CPUs without
 VNNI its u8 x s8 GEMM (used for uint8 activations, and for all QDQ models, whose int8 activations onnxruntime
@@ -51,28 +71,35 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from . import golden
 from .errors import ZakidError
 from .ir import Graph, Node, Tensor, dtype_range
+from .onnx_cnn import CnnOps, LOWER_CNN
+from .onnx_islands import IslandOps
+from .onnx_common import (ORT_MAX_IR_VERSION, _ONNX_DTYPES, AccValue, DQConst, DQValue, Island,  # noqa: F401
+                          IRValue, SoftmaxValue, _fail, _scalar, multiplier, ort_session)
 
 #: ops accepted per model form; (domain, op_type), domain "" is the default ONNX domain
-_COMMON = {"Relu", "Flatten", "Reshape", "Identity", "Constant"}
-FLOAT_OPS = _COMMON | {"Gemm", "MatMul", "Add"}
-QUANT_OPS = FLOAT_OPS | {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul"}
-MS_OPS = {"QGemm", "QLinearAdd"}  # com.microsoft domain
-_QOPERATOR_MARKERS = {"QLinearMatMul", "QGemm", "QLinearAdd"}
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32"}
-#: onnx >= 1.20 writes IR version 14, which onnxruntime 1.31 refuses
-ORT_MAX_IR_VERSION = 10
-
-
-def _fail(msg: str):
-    raise ZakidError(" ".join(msg.split()))
+_COMMON = {"Relu", "Flatten", "Reshape", "Identity", "Constant", "Squeeze", "Unsqueeze", "Transpose", "Clip",
+           "MaxPool", "GlobalMaxPool", "Concat", "Softmax"}
+#: float elementwise ops allowed between DequantizeLinear and QuantizeLinear (tabulated with onnxruntime)
+ISLAND_OPS = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "BatchNormalization", "LeakyRelu", "Sigmoid", "Tanh",
+              "HardSigmoid", "Neg"}
+FLOAT_OPS = _COMMON | {"Gemm", "MatMul", "Add", "Conv", "AveragePool", "GlobalAveragePool", "BatchNormalization"}
+QUANT_OPS = FLOAT_OPS | ISLAND_OPS | {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv",
+                                      "ConvInteger", "MatMulInteger"}
+MS_OPS = {"QGemm", "QLinearAdd", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
+          "QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu"}  # com.microsoft domain
+_QOPERATOR_MARKERS = {"QLinearMatMul", "QGemm", "QLinearAdd", "QLinearConv", "ConvInteger", "MatMulInteger",
+                      "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
+                      "QLinearSigmoid", "QLinearLeakyRelu"}
+#: float ops whose arithmetic only an onnxruntime integer kernel (after fusion) makes reproducible
+_MUST_FUSE = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedGemm", "FusedMatMul", "AveragePool", "GlobalAveragePool",
+              "ConvTranspose", "Softmax"}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -99,6 +126,12 @@ def _load_model(path, calibration) -> Graph:
     model = read_model(path)
     check_interface(model)
     fmt = detect_format(model)
+    if fmt == "qonnx":  # Quant/BipolarQuant/Trunc nodes: see zakid_hw.qonnx_import
+        from .qonnx_import import import_qonnx
+
+        graph = import_qonnx(model)
+        graph.meta["source_path"] = str(path)
+        return graph
     check_ops(model, fmt)
     if fmt == "float":
         from .quantize_float import quantize_float
@@ -111,13 +144,14 @@ def _load_model(path, calibration) -> Graph:
         graph = Importer(qmodel, "qoperator").run()
         graph.meta.update(source_format="float+calibration", quantization=scheme)
     else:
-        if fmt == "qdq" or any(n.op_type in ("MatMul", "Gemm") for n in model.graph.node):
+        if fmt == "qdq" or any(n.op_type in _MUST_FUSE | {"Add"} for n in model.graph.node):
             check_ort_fuses(model)
         graph = Importer(model, fmt).run()
         if calibration is not None:
             graph.meta["notes"].append("calibration data ignored: the model is already quantized")
     graph.meta["source_path"] = str(path)
-    graph.meta["warnings"] = u8s8_warnings(graph, graph.meta.get("quantization", {}).get("format", fmt))
+    graph.meta["warnings"] = graph.meta.get("warnings", []) + u8s8_warnings(
+        graph, graph.meta.get("quantization", {}).get("format", fmt))
     return graph
 
 
@@ -224,9 +258,13 @@ def check_interface(model):
 
 
 def detect_format(model) -> str:
+    from .qonnx_import import is_qonnx
+
+    if is_qonnx(model):
+        return "qonnx"
     ops = {n.op_type for n in model.graph.node}
-    if ops & _QOPERATOR_MARKERS:
-        return "qoperator"
+    if ops & _QOPERATOR_MARKERS or _graph_inputs(model)[0].type.tensor_type.elem_type != 1:
+        return "qoperator"  # integer kernels, or an integer input (e.g. MaxPool on uint8 codes)
     if ops & {"QuantizeLinear", "DequantizeLinear"}:
         return "qdq"
     return "float"
@@ -244,32 +282,18 @@ def check_ops(model, fmt: str):
             bad.append(f"{n.name or '<unnamed>'!r} ({domain + '.' if domain else ''}{n.op_type})")
     if bad:
         supported = sorted(allowed | (MS_OPS if fmt != "float" else set()))
-        _fail(f"the model contains {len(bad)} unsupported node(s): {', '.join(bad)}. zakid-hw imports MLPs "
-              f"({fmt} form) built from {', '.join(supported)}.")
+        _fail(f"the model contains {len(bad)} unsupported node(s): {', '.join(bad)}. zakid-hw imports "
+              f"{fmt} models built from {', '.join(supported)}.")
 
 
 # --------------------------------------------------------------------------------------------------------
 # onnxruntime helpers
 
 
-def ort_session(model, optimized_model_filepath=None):
-    """An onnxruntime CPU session (default optimisation level) for an in-memory model, with its IR version
-    lowered to one onnxruntime reads."""
-    import onnxruntime as ort
-
-    m = type(model)()
-    m.CopyFrom(model)
-    m.ir_version = min(m.ir_version, ORT_MAX_IR_VERSION)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if optimized_model_filepath:
-        opts.optimized_model_filepath = str(optimized_model_filepath)
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def check_ort_fuses(model):
-    """Refuse float MatMul/Gemm nodes that onnxruntime (default optimisation level) leaves in float: their
-    float arithmetic is not the integer kernel the IR reproduces."""
+    """Refuse float MatMul/Gemm/Conv/pooling/Softmax nodes that onnxruntime (default optimisation level) leaves
+    in float (other than a Softmax computing the graph output on the host): their float arithmetic is not the
+    integer kernel the IR reproduces. A float Add of two computed tensors is refused likewise."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="zakid_ort_") as tmp:
@@ -278,13 +302,25 @@ def check_ort_fuses(model):
         except Exception as e:
             _fail(f"onnxruntime cannot load the model, so there is no reference to be bit-exact with: {e}")
         opt = onnx.load(os.path.join(tmp, "optimized.onnx"))
-    left = [f"{n.name!r} ({n.op_type})" for n in opt.graph.node
-            if n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx")]
+    g = opt.graph
+    consts = {t.name for t in g.initializer} | {""}
+    for n in g.node:  # constant folding left undone (e.g. DequantizeLinear of a bias) still gives constants
+        if all(i in consts for i in n.input):
+            consts.update(n.output)
+    outputs = {o.name for o in g.output}
+    left = []
+    for n in g.node:
+        if n.op_type in _MUST_FUSE and not (n.op_type == "Softmax" and n.output[0] in outputs):
+            left.append(f"{n.name!r} ({n.op_type})")
+        elif n.op_type in ("Add", "Sum", "Mul") and n.domain in ("", "ai.onnx") \
+                and sum(i not in consts for i in n.input) >= 2:
+            left.append(f"{n.name!r} ({n.op_type} of two computed tensors)")
     if left:
         _fail(f"onnxruntime runs {', '.join(left)} in float at its default optimisation level (it does not "
               "fuse them with their QuantizeLinear/DequantizeLinear into an integer kernel), so no integer "
-              "accelerator can match it bit for bit. Quantize the layer fully: DequantizeLinear on input and "
-              "weight (and an int32 bias for Gemm, with alpha=1 and beta=1) and a QuantizeLinear right after it.")
+              "accelerator can match it bit for bit. Quantize the layer fully: DequantizeLinear on its inputs "
+              "(and an int32 bias with scale input_scale * weight_scale, alpha=1 and beta=1 for Gemm) and a "
+              "QuantizeLinear right after it.")
 
 
 @functools.lru_cache(maxsize=None)
@@ -312,12 +348,17 @@ def u8s8_warnings(graph: Graph, fmt: str) -> list[str]:
     because of int16 pair saturation: int8 weights with uint8 activations, or with int8 activations in a
     QDQ model (onnxruntime converts those to uint8 on x86)."""
     risky = []
-    for d in graph.nodes_of("dense"):
+    for d in graph.nodes:
+        if d.op not in ("dense", "conv"):
+            continue
         w, x = np.asarray(d.attrs["weight"]), graph.tensors[d.inputs[0]]
         if w.dtype != np.int8 or not (x.dtype == "uint8" or (x.dtype == "int8" and fmt == "qdq")):
             continue
-        w = np.pad(w.astype(np.int64), ((0, 0), (0, w.shape[1] % 2)))
+        w = w.astype(np.int64).reshape(w.shape[0], -1)
         pos, neg = np.maximum(w, 0), np.minimum(w, 0)
+        if d.op == "conv":  # the kernel's pairing of taps is its own business: bound it by the two largest
+            pos, neg = np.sort(pos, axis=1)[:, -2:], np.sort(neg, axis=1)[:, :2]
+        pos, neg = (np.pad(a, ((0, 0), (0, a.shape[1] % 2))) for a in (pos, neg))
         if 255 * (pos[:, 0::2] + pos[:, 1::2]).max() > 32767 or 255 * (neg[:, 0::2] + neg[:, 1::2]).min() < -32768:
             risky.append(d.name)
     if not risky or not ort_u8s8_saturates():
@@ -330,66 +371,10 @@ def u8s8_warnings(graph: Graph, fmt: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# values of ONNX tensors during lowering
-
-
-@dataclass
-class IRValue:
-    """An ONNX tensor that exists in the IR graph under ``name``."""
-    name: str
-
-
-@dataclass
-class DQValue:
-    """DequantizeLinear of an IR integer tensor (kept lazy: only materialized if it reaches the output).
-    ``dq_node`` is the ONNX DequantizeLinear node, or None after a reshape."""
-    src: str
-    scale: np.float32
-    zp: int
-    dq_node: object = None
-
-
-@dataclass
-class DQConst:
-    """DequantizeLinear of a constant (weights, biases)."""
-    q: np.ndarray
-    scale: np.ndarray
-    zp: np.ndarray
-    axis: int
-    dq_node: object = None
-
-
-@dataclass
-class AccValue:
-    """Float result of MatMul/Gemm on dequantized inputs (QDQ), to be requantized as onnxruntime's fused
-    kernel does: real value ``acc * alpha * x_scale * w_scale``."""
-    acc: str
-    x_scale: np.float32
-    w_scale: np.ndarray
-    alpha: np.float32
-
-
-@dataclass
-class Island:
-    """Float elementwise function of the IR integer tensor ``src`` (ONNX name ``src_onnx``) computed by the
-    ONNX ``nodes``; resolved by tabulation when it becomes integer again."""
-    src: str
-    src_onnx: str
-    nodes: list = field(default_factory=list)
-
-
-def _scalar(a, what: str):
-    a = np.asarray(a)
-    if a.size != 1:
-        _fail(f"{what} must be a single value (per-tensor), got shape {a.shape}.")
-    return a.reshape(()).item()
-
-
-# --------------------------------------------------------------------------------------------------------
 # the lowering
 
 
-class Importer:
+class Importer(IslandOps, CnnOps):
     """Lower the nodes of one quantized ONNX graph to IR nodes, one handler per ONNX op (``LOWER``)."""
 
     def __init__(self, model, fmt: str):
@@ -399,6 +384,7 @@ class Importer:
         self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.vals: dict[str, object] = {}
         self.notes: list[str] = []
+        self.warnings: list[str] = []
         self.names: set[str] = set()
         inp, out = _graph_inputs(model)[0], model.graph.output[0]
         self.graph = Graph(name=model.graph.name or "model", inputs=[inp.name], outputs=[out.name],
@@ -406,6 +392,8 @@ class Importer:
         dtype = _ONNX_DTYPES[inp.type.tensor_type.elem_type]
         self._tensor(inp.name, static_shape(inp, "graph input"), dtype)
         self.vals[inp.name] = IRValue(inp.name)
+        self.host_floats = {inp.name}  # float tensors the host computes from the input (quantizable)
+        self.current = None
 
     # ---- small utilities
 
@@ -421,11 +409,14 @@ class Importer:
             "producer": f"{self.model.producer_name} {self.model.producer_version}".strip(),
             "onnx_ops": {op: ops.count(op) for op in sorted(set(ops))},
             "notes": self.notes,
+            "warnings": self.warnings,
         }
         return self.graph
 
     def where(self, node=None) -> str:
         node = node or self.current
+        if node is None:
+            return "the graph"
         return f"node {node.name or '<unnamed>'!r} ({node.op_type})"
 
     def _tensor(self, name, shape, dtype, scale=None, zp=None) -> str:
@@ -435,6 +426,10 @@ class Importer:
                                           None if scale is None else float(np.float32(scale)),
                                           None if zp is None else int(zp))
         return name
+
+    def _like(self, name, t: Tensor, shape=None, dtype=None) -> str:
+        """A new IR tensor ``name`` with the quantization parameters of ``t``."""
+        return self._tensor(name, t.shape if shape is None else shape, dtype or t.dtype, t.scale, t.zero_point)
 
     def _node_name(self, base: str) -> str:
         name, i = base or "node", 1
@@ -454,6 +449,11 @@ class Importer:
             name, i = f"{base}_{i}", i + 1
         return name
 
+    def _out_name(self, node, i=0) -> str:
+        """The IR name for ONNX output ``i`` of ``node`` (its own name unless the IR already has it)."""
+        o = node.output[i]
+        return o if o not in self.graph.tensors else self._fresh(o)
+
     def const(self, name, what="input"):
         if name not in self.consts:
             _fail(f"{self.where()}: its {what} {name!r} must be a constant (initializer), but it is computed "
@@ -468,13 +468,39 @@ class Importer:
             return self.consts[name]
         if name not in self.vals:
             _fail(f"{self.where()} reads {name!r}, which an earlier, fused or removed part of the graph "
-                  "consumed; zakid-hw supports chain-shaped MLPs only.")
+                  "consumed (a tensor merged into a layer's requantization cannot be used elsewhere too).")
         return self.vals[name]
 
+    def shape(self, v) -> tuple:
+        """The ONNX shape of a value."""
+        if isinstance(v, np.ndarray):
+            return v.shape
+        if isinstance(v, SoftmaxValue):
+            v = v.dq
+        if getattr(v, "post_shape", None) is not None:
+            return tuple(v.post_shape)
+        if getattr(v, "shape", None) is not None:
+            return tuple(v.shape)
+        name = {IRValue: "name", DQValue: "src", Island: "src", AccValue: "acc"}.get(type(v))
+        if name is None:
+            _fail(f"{self.where()}: cannot use {self._describe(v)} here.")
+        return self.graph.tensors[getattr(v, name)].shape
+
+    def materialize(self, v: IRValue) -> str:
+        """The IR tensor holding ``v`` in its ONNX shape (emits a reshape for a 1-D convolution's view)."""
+        t = self.graph.tensors[v.name]
+        if v.shape is None or tuple(v.shape) == t.shape:
+            return v.name
+        name = self._fresh(f"{v.name}_{len(v.shape)}d")
+        self._like(name, t, shape=v.shape)
+        self._emit("reshape", f"{v.name}_view", [v.name], [name], shape=tuple(v.shape))
+        return name
+
     def int_input(self, name, what="input") -> Tensor:
+        """An int8/uint8 graph tensor in its ONNX shape."""
         v = self.val(name)
         if isinstance(v, IRValue) and self.graph.tensors[v.name].dtype in ("int8", "uint8"):
-            return self.graph.tensors[v.name]
+            return self.graph.tensors[self.materialize(v)]
         _fail(f"{self.where()}: its {what} {name!r} must be an int8/uint8 tensor computed by the graph, got "
               f"{self._describe(v)}.")
 
@@ -484,13 +510,21 @@ class Importer:
         if isinstance(v, np.ndarray):
             return "a constant"
         return {DQValue: "a dequantized tensor", DQConst: "a dequantized constant",
-                AccValue: "an unquantized MatMul/Gemm result", Island: "a float elementwise result"
-                }.get(type(v), type(v).__name__)
+                AccValue: "an unquantized MatMul/Gemm/Conv result", Island: "a float elementwise result",
+                SoftmaxValue: "a float Softmax result"}.get(type(v), type(v).__name__)
 
     def attrs(self, node) -> dict:
         from onnx import helper
 
-        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in a.items()}
+
+    def _forget(self, tensor: str):
+        """Drop every ONNX value that refers to the (removed) IR tensor ``tensor``."""
+        def refers(v):
+            return any(getattr(v, f, None) == tensor for f in ("name", "src", "acc")) or (
+                isinstance(v, SoftmaxValue) and v.dq.src == tensor)
+        self.vals = {k: v for k, v in self.vals.items() if not refers(v)}
 
     # ---- layer building blocks
 
@@ -499,10 +533,7 @@ class Importer:
         n_out, k = w_nk.shape
         if x.shape[-1] != k:
             _fail(f"{self.where(node)}: input {x.name!r} has {x.shape[-1]} features but the weight expects {k}.")
-        w_zp = np.asarray(w_zp).astype(np.int64)
-        w_zp = int(w_zp.reshape(-1)[0]) if np.all(w_zp == w_zp.reshape(-1)[0]) else w_zp.reshape(-1)
-        if not np.isscalar(w_zp) and w_zp.shape != (n_out,):
-            _fail(f"{self.where(node)}: weight zero point has {w_zp.size} values for {n_out} output channels.")
+        w_zp = _per_channel(w_zp, n_out, f"{self.where(node)}: weight zero point")
         bias = np.zeros(n_out, np.int32) if bias is None else np.broadcast_to(
             np.asarray(bias, np.int32).reshape(-1), (n_out,)).copy()
         acc = self._tensor(self._fresh(f"{node.name or node.op_type}_acc"), (*x.shape[:-1], n_out), "int32")
@@ -510,82 +541,23 @@ class Importer:
                    w_zp=w_zp, x_zp=int(x_zp), bias=bias)
         return acc
 
-    def emit_requantize(self, node, acc: str, out: str, x_scale, w_scale, y_scale, y_zp, y_dtype, alpha=1.0):
-        """IR requantize with onnxruntime's float32 multiplier ``f32(f32(f32(alpha*xs)*ws)/ys)``."""
+    def emit_requantize(self, node, acc: str, out: str, x_scale, w_scale, y_scale, y_zp, y_dtype, alpha=1.0,
+                        axis=-1, view=None):
+        """IR requantize with onnxruntime's float32 multiplier ``f32(f32(f32(alpha*xs)*ws)/ys)``; per-channel
+        multipliers run along ``axis`` of the accumulator."""
         mult = multiplier(x_scale, w_scale, y_scale, alpha)
-        n_out = self.graph.tensors[acc].shape[-1]
+        n_out = self.graph.tensors[acc].shape[axis]
         if mult.size not in (1, n_out):
             _fail(f"{self.where(node)}: {mult.size} weight scales for {n_out} output channels.")
         if not np.all(mult > 0) or not np.all(np.isfinite(mult)):
             _fail(f"{self.where(node)}: scales must be positive and finite (multiplier {mult}).")
         qmin, qmax = dtype_range(y_dtype)
         self._tensor(out, self.graph.tensors[acc].shape, y_dtype, y_scale, y_zp)
+        extra = {"axis": axis} if axis != -1 else {}
         self._emit("requantize", f"{node.name or node.op_type}_requant", [acc], [out],
                    multiplier=mult.reshape(()) if mult.size == 1 else mult.reshape(-1),
-                   zero_point=int(y_zp), dtype=y_dtype, qmin=qmin, qmax=qmax)
-        self.vals[out] = IRValue(out)
-
-    # ---- tabulated elementwise islands
-
-    def resolve_island(self, island: Island, out: str, out_dtype: str, scale, zp):
-        """Tabulate ``island`` (ending in ONNX tensor ``out``) with onnxruntime and lower it."""
-        src = self.graph.tensors[island.src]
-        table = tabulate(self.model, island, src, out, out_dtype, self.consts, self.where())
-        lo = dtype_range(src.dtype)[0]
-        codes = np.arange(lo, lo + table.shape[0])[:, None]
-        names = ", ".join(repr(n.name or n.op_type) for n in island.nodes)
-        if out_dtype == src.dtype and np.array_equal(table, np.broadcast_to(codes, table.shape)):
-            self.vals[out] = IRValue(island.src)  # identity
-            self.notes.append(f"{names}: identity on the integer codes, removed")
-            return
-        z = int(table[0, 0])
-        if out_dtype == src.dtype and np.array_equal(table, np.broadcast_to(np.maximum(codes, z), table.shape)):
-            self._tensor(out, src.shape, out_dtype, scale, zp)
-            self._emit("relu", island.nodes[-1].name or "relu", [island.src], [out], zero_point=z)
-            self.vals[out] = IRValue(out)
-            self.notes.append(f"{names}: a clamp at code {z}, lowered to relu")
-            return
-        self.compose_threshold(island.src, table, out, out_dtype, scale, zp)
-        self.notes.append(f"{names}: tabulated with onnxruntime and merged into threshold node for {out!r}")
-
-    def compose_threshold(self, src: str, table, out: str, out_dtype: str, scale, zp):
-        """Replace the IR chain dense -> (requantize|relu|threshold)* -> ``src`` followed by the code map
-        ``table`` (rows: codes of src, columns: channels) by dense -> threshold -> ``out``."""
-        chain, t, users = [], src, 0
-        while True:  # walk up from src to the dense layer; every tensor on the way has a single user
-            p = self.graph.producer(t)
-            if p is None or p.op not in ("dense", "requantize", "relu", "threshold"):
-                _fail(f"{self.where()}: this elementwise operation on {src!r} can only follow a MatMul/Gemm "
-                      "layer (it is merged into that layer's requantization), but its input comes from "
-                      f"{'the graph input' if p is None else p.op + ' ' + repr(p.name)}.")
-            if len(self.graph.consumers(t)) != users:
-                _fail(f"{self.where()}: tensor {t!r} is used more than once; cannot merge {src!r} into its layer.")
-            if p.op == "dense":
-                break
-            chain.insert(0, p)
-            t, users = p.inputs[0], 1
-        dense = p
-        lo_code = dtype_range(self.graph.tensors[src].dtype)[0]
-        n_ch = table.shape[1]
-        cols = np.arange(n_ch)
-
-        def g(acc):  # the exact integer function acc -> out code, per channel (last axis)
-            v = acc
-            for n in chain:
-                v = golden.run_node(n, v)
-            return table[np.asarray(v, np.int64) - lo_code, cols]
-
-        acc_lo, acc_hi = dense_bounds(dense, self.graph.tensors[dense.inputs[0]].dtype)
-        thresholds, base = staircase(g, acc_lo, acc_hi)
-        for n in chain:
-            self.graph.nodes.remove(n)
-            for o in n.outputs:
-                del self.graph.tensors[o]
-                self.vals = {k: v for k, v in self.vals.items() if not (isinstance(v, IRValue) and v.name == o)}
-        self._tensor(out, self.graph.tensors[dense.outputs[0]].shape, out_dtype, scale, zp)
-        self._emit("threshold", f"{dense.name}_threshold", [dense.outputs[0]], [out],
-                   thresholds=thresholds, base=int(base), dtype=out_dtype)
-        self.vals[out] = IRValue(out)
+                   zero_point=int(y_zp), dtype=y_dtype, qmin=qmin, qmax=qmax, **extra)
+        self.vals[node.output[0]] = IRValue(out, view)
 
     # ---- ONNX op handlers
 
@@ -601,29 +573,43 @@ class Importer:
             dtype, zp = _ONNX_DTYPES.get(a.get("output_dtype") or 2), 0  # ONNX default: uint8
         if dtype not in ("int8", "uint8"):
             _fail(f"{self.where()}: quantizes to {dtype}; only int8 and uint8 are supported.")
-        out = node.output[0]
+        out = self._out_name(node)
         if isinstance(x, IRValue) and self.graph.tensors[x.name].dtype == "float32":
+            if x.name not in self.host_floats:
+                _fail(f"{self.where()}: quantizes a float tensor computed inside the model ({x.name!r}); only the "
+                      "graph input (or a reshape of it) can be quantized on the host.")
             t = self.graph.tensors[x.name]
             self._tensor(out, t.shape, dtype, scale, zp)
             self._emit("quantize", node.name or "quantize", [x.name], [out], scale=scale, zero_point=zp,
                        dtype=dtype)
-            self.vals[out] = IRValue(out)
+            self.vals[node.output[0]] = IRValue(out)
         elif isinstance(x, AccValue):
-            self.emit_requantize(node, x.acc, out, x.x_scale, x.w_scale, scale, zp, dtype, x.alpha)
-        elif isinstance(x, DQValue):
-            island = self._island_from(x)
-            island.nodes.append(node)
-            self.resolve_island(island, out, dtype, scale, zp)
-        elif isinstance(x, Island):
-            x.nodes.append(node)
-            self.resolve_island(x, out, dtype, scale, zp)
+            self.emit_requantize(node, x.acc, out, x.x_scale, x.w_scale, scale, zp, dtype, x.alpha, x.axis, x.shape)
+        elif isinstance(x, (DQValue, Island)):
+            island = self._island_from(x, node.input[0]) if isinstance(x, DQValue) else x
+            self.resolve_island(replace(island, nodes=island.nodes + [node]), out, dtype, scale, zp,
+                                onnx_out=node.output[0])
+        elif isinstance(x, SoftmaxValue):
+            self.quantized_softmax(node, x, scale, zp, dtype)
+        elif hasattr(x, "lower_at_quantize"):  # pending two-input ops (residual Add, Concat) of the QDQ form
+            x.lower_at_quantize(self, node, scale, zp, dtype)
         else:
             _fail(f"{self.where()}: cannot quantize {self._describe(x)}.")
 
-    def _island_from(self, dq: DQValue) -> Island:
-        if dq.dq_node is None:
-            _fail(f"{self.where()}: float operations on a reshaped dequantized tensor are not supported.")
-        return Island(dq.src, dq.dq_node.input[0], [dq.dq_node])
+    def _island_from(self, dq: DQValue, onnx_name: str) -> Island:
+        """An island starting at the DequantizeLinear ``dq`` (made up if ``dq`` has no ONNX node), whose float
+        result is ONNX tensor ``onnx_name``."""
+        from onnx import helper
+
+        shape = self.shape(dq)
+        if dq.dq_node is not None:
+            return Island(dq.src, dq.dq_node.input[0], [dq.dq_node], shape)
+        t = self.graph.tensors[dq.src]
+        sname, zname, src = self._fresh(f"{dq.src}__scale"), self._fresh(f"{dq.src}__zp"), "__zakid_island_input"
+        self.consts[sname] = np.asarray(dq.scale, np.float32)
+        self.consts[zname] = np.asarray(dq.zp, dtype=t.dtype)
+        node = helper.make_node("DequantizeLinear", [src, sname, zname], [onnx_name], name=f"{dq.src}_dequantize")
+        return Island(dq.src, src, [node], shape)
 
     def dequantize_linear(self, node):
         a = self.attrs(node)
@@ -635,10 +621,13 @@ class Importer:
             zp = np.zeros(scale.shape, q.dtype) if zp is None else zp
             self.vals[node.output[0]] = DQConst(q, scale, np.asarray(zp), int(a.get("axis", 1)), node)
             return
-        t = self.int_input(src)
+        v = self.val(src)
+        if not (isinstance(v, IRValue) and self.graph.tensors[v.name].dtype in ("int8", "uint8")):
+            _fail(f"{self.where()}: its input {src!r} must be an int8/uint8 tensor computed by the graph, got "
+                  f"{self._describe(v)}.")
         self.vals[node.output[0]] = DQValue(
-            t.name, np.float32(_scalar(scale, f"{self.where()}: x_scale of an activation")),
-            0 if zp is None else int(_scalar(zp, f"{self.where()}: x_zero_point of an activation")), node)
+            v.name, np.float32(_scalar(scale, f"{self.where()}: x_scale of an activation")),
+            0 if zp is None else int(_scalar(zp, f"{self.where()}: x_zero_point of an activation")), node, v.shape)
 
     def _weights(self, node, w, scale, zp, trans: bool, what="weight"):
         """(N, K) integer weights and per-channel-or-scalar scale/zp from a (K, N) or, with trans, (N, K)
@@ -660,7 +649,7 @@ class Importer:
         ys, yzp = self.const(node.input[6]), self.const(node.input[7])
         w_nk, ws, wzp = self._weights(node, w, ws, wzp, trans=False)
         acc = self.emit_dense(node, x, _scalar(xzp, "a_zero_point"), w_nk, wzp, None)
-        self.emit_requantize(node, acc, node.output[0], np.float32(_scalar(xs, "a_scale")), ws,
+        self.emit_requantize(node, acc, self._out_name(node), np.float32(_scalar(xs, "a_scale")), ws,
                              np.float32(_scalar(ys, "y_scale")), _scalar(yzp, "y_zero_point"), str(yzp.dtype))
 
     def qgemm(self, node):
@@ -681,7 +670,7 @@ class Importer:
             ys, yzp = self.const(node.input[7]), self.opt_const(node, 8)
             if yzp is None:
                 _fail(f"{self.where()}: y_scale without y_zero_point is not supported.")
-            self.emit_requantize(node, acc, node.output[0], xs, ws, np.float32(_scalar(ys, "y_scale")),
+            self.emit_requantize(node, acc, self._out_name(node), xs, ws, np.float32(_scalar(ys, "y_scale")),
                                  _scalar(yzp, "y_zero_point"), str(yzp.dtype), alpha)
         else:  # float output: f32(acc) * f32(f32(alpha * a_scale) * b_scale)
             self._emit_float_output(node, acc, multiplier(xs, ws, np.float32(1), alpha))
@@ -690,11 +679,11 @@ class Importer:
         if scale.size != 1:
             _fail(f"{self.where(node)}: a float output with per-channel weight scales is not supported; "
                   "quantize the output (QuantizeLinear) or use per-tensor weight scales.")
-        out = node.output[0]
+        out = self._out_name(node)
         self._tensor(out, self.graph.tensors[acc].shape, "float32")
         self._emit("dequantize", f"{node.name or node.op_type}_scale", [acc], [out],
                    scale=np.float32(scale.reshape(())), zero_point=0)
-        self.vals[out] = IRValue(out)
+        self.vals[node.output[0]] = IRValue(out)
 
     def _dq_operands(self, node, x_name, w_name):
         x, w = self.val(x_name), self.val(w_name)
@@ -704,13 +693,25 @@ class Importer:
                   f"{self._describe(w)}. Float layers in a quantized model are not supported.")
         return x, w
 
+    def _dq_input_tensor(self, x: DQValue) -> Tensor:
+        return self.graph.tensors[self.materialize(IRValue(x.src, x.shape))]
+
     def matmul(self, node):
         x, w = self._dq_operands(node, node.input[0], node.input[1])
         if w.scale.size > 1 and w.axis not in (1, -1):
             _fail(f"{self.where()}: per-channel weight scales must run along the output axis (axis=1).")
         w_nk, ws, wzp = self._weights(node, w.q, w.scale, w.zp, trans=False)
-        acc = self.emit_dense(node, self.graph.tensors[x.src], x.zp, w_nk, wzp, None)
+        acc = self.emit_dense(node, self._dq_input_tensor(x), x.zp, w_nk, wzp, None)
         self.vals[node.output[0]] = AccValue(acc, x.scale, ws, np.float32(1))
+
+    def _dq_bias(self, node, b_name, x_scale, w_scale):
+        b = self.val(b_name)
+        expect = (np.float32(x_scale) * w_scale).astype(np.float32)
+        if not (isinstance(b, DQConst) and b.q.dtype == np.int32 and not np.any(b.zp)
+                and np.allclose(np.broadcast_to(b.scale.reshape(-1), expect.shape), expect, rtol=1e-6)):
+            _fail(f"{self.where()}: its bias must be a DequantizeLinear of an int32 constant with zero "
+                  "point 0 and scale input_scale * weight_scale (as onnxruntime's quantizer writes it).")
+        return b.q
 
     def gemm(self, node):
         a = self.attrs(node)
@@ -723,16 +724,10 @@ class Importer:
         w_nk, ws, wzp = self._weights(node, w.q, w.scale, w.zp, trans=trans)
         bias = None
         if len(node.input) > 2 and node.input[2]:
-            b = self.val(node.input[2])
-            expect = (np.float32(x.scale) * ws).astype(np.float32)
-            if not (isinstance(b, DQConst) and b.q.dtype == np.int32 and not np.any(b.zp)
-                    and np.allclose(np.broadcast_to(b.scale.reshape(-1), expect.shape), expect, rtol=1e-6)):
-                _fail(f"{self.where()}: its bias C must be a DequantizeLinear of an int32 constant with zero "
-                      "point 0 and scale input_scale * weight_scale (as onnxruntime's quantizer writes it).")
+            bias = self._dq_bias(node, node.input[2], x.scale, ws)
             if a.get("beta", 1.0) != 1.0:
                 _fail(f"{self.where()}: beta={a['beta']} is not supported with a quantized bias.")
-            bias = b.q
-        acc = self.emit_dense(node, self.graph.tensors[x.src], x.zp, w_nk, wzp, bias)
+        acc = self.emit_dense(node, self._dq_input_tensor(x), x.zp, w_nk, wzp, bias)
         self.vals[node.output[0]] = AccValue(acc, x.scale, ws, np.float32(a.get("alpha", 1.0)))
 
     def qlinear_add(self, node):
@@ -740,98 +735,48 @@ class Importer:
         if b_name not in self.consts and a_name in self.consts:
             a_name, b_name = b_name, a_name
         if b_name not in self.consts:
-            _fail(f"{self.where()}: adds two computed tensors (a residual connection); only the addition of "
-                  "a constant (a bias) is supported.")
-        t = self.int_input(a_name)
+            return self.residual_add_qlinear(node)
+        v = self.val(a_name)
+        t = self.int_input(a_name) if not isinstance(v, IRValue) else self.graph.tensors[v.name]
         c_zp = self.opt_const(node, 7, np.zeros((), t.dtype))
-        self._check_per_channel_const(node, self.consts[b_name], t)
-        self.resolve_island(Island(t.name, a_name, [node]), node.output[0], str(c_zp.dtype),
-                            np.float32(_scalar(self.const(node.input[6]), "C_scale")), _scalar(c_zp, "C_zp"))
-
-    def _check_per_channel_const(self, node, arr, t: Tensor):
-        """An elementwise constant must vary along the last (channel) axis only."""
-        arr = np.asarray(arr)
-        shape = (1,) * (len(t.shape) - arr.ndim) + arr.shape
-        if len(shape) > len(t.shape) or any(s != 1 for s in shape[:-1]) or shape[-1] not in (1, t.shape[-1]):
-            _fail(f"{self.where(node)}: its constant operand has shape {arr.shape}; only per-channel constants "
-                  f"(broadcast along the last axis of {t.shape}) are supported.")
-
-    def add(self, node):
-        x, y = self.val(node.input[0]), self.val(node.input[1])
-        if isinstance(x, (np.ndarray, DQConst)):
-            x, y = y, x
-        if isinstance(x, (DQValue, Island)) and isinstance(y, (np.ndarray, DQConst)):
-            island = x if isinstance(x, Island) else self._island_from(x)
-            self._check_per_channel_const(node, y.q if isinstance(y, DQConst) else y,
-                                          self.graph.tensors[island.src])
-            if isinstance(y, DQConst):
-                island.nodes.append(y.dq_node)
-            island.nodes.append(node)
-            self.vals[node.output[0]] = island
-            return
-        if isinstance(x, AccValue) or isinstance(y, AccValue):
-            _fail(f"{self.where()}: a float Add right after MatMul/Gemm without QuantizeLinear between them is "
-                  "not fused by onnxruntime into an integer kernel; put the bias into a Gemm (int32 bias) or "
-                  "quantize the MatMul output first.")
-        _fail(f"{self.where()}: adds {self._describe(x)} and {self._describe(y)}; only a constant bias added "
-              "to a quantized layer output is supported.")
-
-    def relu(self, node):
-        x = self.val(node.input[0])
-        out = node.output[0]
-        if isinstance(x, IRValue) and self.graph.tensors[x.name].dtype in ("int8", "uint8"):
-            t = self.graph.tensors[x.name]  # ONNX Relu on integers: max(q, 0)
-            self._tensor(out, t.shape, t.dtype, t.scale, t.zero_point)
-            self._emit("relu", node.name or "relu", [x.name], [out], zero_point=0)
-            self.vals[out] = IRValue(out)
-        elif isinstance(x, (DQValue, Island)):
-            island = x if isinstance(x, Island) else self._island_from(x)
-            island.nodes.append(node)
-            self.vals[out] = island
-        else:
-            _fail(f"{self.where()}: Relu on {self._describe(x)} is not supported; in a quantized model Relu "
-                  "must act on a quantized tensor (onnxruntime's quantizer usually folds it away).")
+        self.resolve_island(Island(t.name, a_name, [node], self.shape(v)), self._out_name(node), str(c_zp.dtype),
+                            np.float32(_scalar(self.const(node.input[6]), "C_scale")), _scalar(c_zp, "C_zp"),
+                            onnx_out=node.output[0])
 
     def _reshape_to(self, node, shape):
         x = self.val(node.input[0])
         out = node.output[0]
+        shape = tuple(int(s) for s in shape)
         if isinstance(x, np.ndarray):
             self.consts[out] = x.reshape(shape)
             return
-        if isinstance(x, DQValue):
-            t = self.graph.tensors[x.src]
-            name = self._fresh(out + "_q")
-            self._tensor(name, shape, t.dtype, t.scale, t.zero_point)
-            self._emit("reshape", node.name or "reshape", [x.src], [name], shape=tuple(shape))
-            self.vals[out] = DQValue(name, x.scale, x.zp)
+        if isinstance(x, Island):  # reshapes commute with elementwise maps: tabulated with the island
+            self.vals[out] = replace(x, nodes=x.nodes + [node], post_shape=shape)
             return
-        if not isinstance(x, IRValue):
+        src = x.src if isinstance(x, DQValue) else x.name if isinstance(x, IRValue) else None
+        if src is None:
             _fail(f"{self.where()}: cannot reshape {self._describe(x)}.")
-        t = self.graph.tensors[x.name]
+        t = self.graph.tensors[src]
         if int(np.prod(shape)) != int(np.prod(t.shape)):
-            _fail(f"{self.where()}: cannot reshape {t.shape} to {tuple(shape)}.")
-        self._tensor(out, shape, t.dtype, t.scale, t.zero_point)
-        self._emit("reshape", node.name or "reshape", [x.name], [out], shape=tuple(shape))
-        self.vals[out] = IRValue(out)
-
-    def _shape_of(self, name):
-        v = self.val(name)
-        if isinstance(v, np.ndarray):
-            return v.shape
-        if isinstance(v, DQValue):
-            return self.graph.tensors[v.src].shape
-        if isinstance(v, IRValue):
-            return self.graph.tensors[v.name].shape
-        _fail(f"{self.where()}: cannot reshape {self._describe(v)}.")
+            _fail(f"{self.where()}: cannot reshape {self.shape(x)} to {shape}.")
+        name = self._fresh(out + "_q") if isinstance(x, DQValue) else self._out_name(node)
+        self._like(name, t, shape=shape)
+        self._emit("reshape", node.name or "reshape", [src], [name], shape=shape)
+        if isinstance(x, DQValue):
+            self.vals[out] = DQValue(name, x.scale, x.zp)
+        else:
+            if src in self.host_floats:
+                self.host_floats.add(name)
+            self.vals[out] = IRValue(name)
 
     def flatten(self, node):
-        shape = self._shape_of(node.input[0])
+        shape = self.shape(self.val(node.input[0]))
         axis = self.attrs(node).get("axis", 1)
         axis = axis + len(shape) if axis < 0 else axis
         self._reshape_to(node, (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
 
     def reshape(self, node):
-        shape_in = self._shape_of(node.input[0])
+        shape_in = self.shape(self.val(node.input[0]))
         spec = [int(s) for s in self.const(node.input[1], "shape")]
         allow_zero = self.attrs(node).get("allowzero", 0)
         out = [shape_in[i] if s == 0 and not allow_zero else s for i, s in enumerate(spec)]
@@ -839,6 +784,27 @@ class Importer:
             known = int(np.prod([s for s in out if s != -1]))
             out[out.index(-1)] = int(np.prod(shape_in)) // max(known, 1)
         self._reshape_to(node, tuple(out))
+
+    def _axes(self, node):
+        axes = self.opt_const(node, 1)
+        axes = self.attrs(node).get("axes") if axes is None else axes
+        return None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+
+    def squeeze(self, node):
+        shape = list(self.shape(self.val(node.input[0])))
+        axes = self._axes(node)
+        axes = [i for i, s in enumerate(shape) if s == 1] if axes is None else [a % len(shape) for a in axes]
+        if any(shape[a] != 1 for a in axes):
+            _fail(f"{self.where()}: cannot squeeze axes {axes} of shape {tuple(shape)}.")
+        self._reshape_to(node, [s for i, s in enumerate(shape) if i not in axes])
+
+    def unsqueeze(self, node):
+        shape = list(self.shape(self.val(node.input[0])))
+        axes = self._axes(node)
+        rank = len(shape) + len(axes)
+        for a in sorted(x % rank for x in axes):
+            shape.insert(a, 1)
+        self._reshape_to(node, shape)
 
     def identity(self, node):
         self.vals[node.output[0]] = self.val(node.input[0])
@@ -859,21 +825,39 @@ class Importer:
         out = self.graph.outputs[0]
         self.current = next((n for n in self.model.graph.node if out in n.output), None)
         v = self.vals.get(out)
-        if isinstance(v, DQValue):
-            t = self.graph.tensors[v.src]
+        hint = getattr(self.current, "name", "") or "output"
+        if isinstance(v, SoftmaxValue):
+            self.host_softmax(v, out)
+        elif isinstance(v, DQValue):
+            src = self.materialize(IRValue(v.src, v.shape))
+            t = self.graph.tensors[src]
+            if out in self.graph.tensors:
+                _fail(f"graph output {out!r} is also the name of an internal tensor; rename it.")
             self._tensor(out, t.shape, "float32")
-            self._emit("dequantize", getattr(self.current, "name", "") or "dequantize", [v.src], [out],
-                       scale=v.scale, zero_point=v.zp)
+            self._emit("dequantize", hint, [src], [out], scale=v.scale, zero_point=v.zp)
         elif isinstance(v, AccValue):
-            self._emit_float_output(self.current, v.acc, multiplier(v.x_scale, v.w_scale, np.float32(1),
-                                                                    v.alpha))
-        elif isinstance(v, IRValue) and v.name != out:  # output is an alias (Identity, removed island)
-            t = self.graph.tensors[v.name]
-            self._tensor(out, t.shape, t.dtype, t.scale, t.zero_point)
-            self._emit("reshape", "output", [v.name], [out], shape=t.shape)
-        elif not isinstance(v, IRValue):
+            self._emit_float_output(self.current, v.acc, multiplier(v.x_scale, v.w_scale, np.float32(1), v.alpha))
+        elif isinstance(v, IRValue):
+            src = self.materialize(v)
+            if src != out:  # output is an alias (Identity, removed island, view)
+                t = self.graph.tensors[src]
+                if out in self.graph.tensors:
+                    _fail(f"graph output {out!r} is also the name of an internal tensor; rename it.")
+                self._like(out, t)
+                self._emit("reshape", "output", [src], [out], shape=t.shape)
+        else:
             _fail(f"graph output {out!r} is {self._describe(v) if v is not None else 'a constant'}; it must "
                   "be a quantized tensor or a DequantizeLinear of one.")
+
+
+def _per_channel(zp, n: int, what: str):
+    """A zero point as an int (all equal) or an int64 array of ``n`` values."""
+    zp = np.asarray(zp).astype(np.int64).reshape(-1)
+    if np.all(zp == zp[0]):
+        return int(zp[0])
+    if zp.shape != (n,):
+        _fail(f"{what} has {zp.size} values for {n} output channels.")
+    return zp
 
 
 #: ONNX op type -> lowering handler
@@ -885,85 +869,12 @@ LOWER = {
     "QLinearAdd": Importer.qlinear_add,
     "MatMul": Importer.matmul,
     "Gemm": Importer.gemm,
-    "Add": Importer.add,
-    "Relu": Importer.relu,
     "Flatten": Importer.flatten,
     "Reshape": Importer.reshape,
+    "Squeeze": Importer.squeeze,
+    "Unsqueeze": Importer.unsqueeze,
     "Identity": Importer.identity,
     "Constant": Importer.constant,
+    **{op: IslandOps.island_op for op in ISLAND_OPS},
+    **LOWER_CNN,
 }
-
-
-# --------------------------------------------------------------------------------------------------------
-# arithmetic helpers
-
-
-def multiplier(x_scale, w_scale, y_scale, alpha=1.0) -> np.ndarray:
-    """onnxruntime's requantization multiplier, in its float32 operation order:
-    ``f32(f32(f32(alpha * x_scale) * w_scale) / y_scale)`` (QGemm; QLinearMatMul is the same with alpha 1)."""
-    f = np.float32
-    xa = f(f(alpha) * f(x_scale))
-    return (f(xa) * np.asarray(w_scale, np.float32) / f(y_scale)).astype(np.float32)
-
-
-def dense_bounds(dense: Node, x_dtype: str):
-    """Exact per-channel range [lo, hi] of a dense accumulator over all inputs of ``x_dtype``."""
-    a = dense.attrs
-    qmin, qmax = dtype_range(x_dtype)
-    w = np.asarray(a["weight"], np.int64) - np.asarray(a["w_zp"], np.int64).reshape(-1, 1)
-    dlo, dhi = qmin - a["x_zp"], qmax - a["x_zp"]
-    lo = np.minimum(w * dlo, w * dhi).sum(axis=1) + np.asarray(a["bias"], np.int64)
-    hi = np.maximum(w * dlo, w * dhi).sum(axis=1) + np.asarray(a["bias"], np.int64)
-    return lo, hi
-
-
-def staircase(g, lo, hi):
-    """Thresholds (C, T) and base reproducing a per-channel non-decreasing integer function ``g`` of the
-    accumulator on [lo, hi]: ``g(acc) == base + #{j: acc >= thr[c, j]}``."""
-    lv, hv = g(lo[None])[0].astype(np.int64), g(hi[None])[0].astype(np.int64)
-    if np.any(hv < lv):
-        raise ZakidError("internal error: a requantization chain is not non-decreasing")
-    base = int(lv.min())
-    n_levels = int((hv - base).max())
-    levels = base + 1 + np.arange(n_levels)[:, None]  # (T, 1): level reached at threshold j
-    left = np.broadcast_to(lo, (n_levels, lo.size)).copy()
-    right = np.broadcast_to(hi, (n_levels, hi.size)).copy()
-    while np.any(left < right):  # smallest acc in [lo, hi] with g(acc) >= level
-        mid = (left + right) // 2
-        ok = g(mid) >= levels
-        right = np.where(ok, mid, right)
-        left = np.where(ok, left, mid + 1)
-    thr = np.where(levels <= lv, lo, np.where(levels > hv, hi + 1, left))
-    return np.ascontiguousarray(thr.T.astype(np.int64)), base
-
-
-def tabulate(model, island: Island, src: Tensor, out: str, out_dtype: str, consts: dict, where: str):
-    """Run the island's ONNX nodes in onnxruntime on every code of ``src`` (the whole tensor set to that
-    code); return the table (codes, channels) of output codes."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    onnx_type = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
-    needed = {i for n in island.nodes for i in n.input if i in consts}
-    graph = helper.make_graph(
-        island.nodes, "island",
-        [helper.make_tensor_value_info(island.src_onnx, onnx_type[src.dtype], list(src.shape))],
-        [helper.make_tensor_value_info(out, onnx_type[out_dtype], None)],
-        [numpy_helper.from_array(np.asarray(consts[i]), i) for i in sorted(needed)])
-    sub = helper.make_model(graph, opset_imports=list(model.opset_import))
-    try:
-        sess = ort_session(sub)
-        lo, hi = dtype_range(src.dtype)
-        np_type = np.int8 if src.dtype == "int8" else np.uint8
-        rows = [sess.run(None, {island.src_onnx: np.full(src.shape, v, np_type)})[0] for v in range(lo, hi + 1)]
-    except ZakidError:
-        raise
-    except Exception as e:
-        _fail(f"{where}: onnxruntime could not run this elementwise part of the model: {e}")
-    table = np.stack([np.asarray(r).reshape(-1, src.shape[-1]) for r in rows]).astype(np.int64)
-    if not np.all(table == table[:, :1, :]):
-        _fail(f"{where}: this elementwise operation does not act per channel (last axis) only.")
-    table = table[:, 0, :]
-    if np.any(np.diff(table, axis=0) < 0):
-        _fail(f"{where}: this elementwise operation is not non-decreasing in its input, so it cannot be "
-              "merged into a requantization.")
-    return table
