@@ -12,6 +12,9 @@ FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "in
           "w_base", "b_base", "out_group_step")
 
 
+LOOP_COUNTS = ("ci", "kw", "kh", "groups", "ow", "oh")
+
+
 class Controller(wiring.Component):
     """Sequencer for ``for layer: for oy, ox: for lane group g: for ky, kx, ci: MAC``.
 
@@ -70,7 +73,9 @@ class Controller(wiring.Component):
         n_layers = len(d)
 
         # the running layer's descriptor, latched from a constant table
-        table = {f: Array(C(getattr(x, f), signed(aw)) for x in d) for f in FIELDS}
+        # loop bounds are kept as "last index" (count - 1) so that the end tests are plain equalities
+        minus = {f: int(f in LOOP_COUNTS) for f in FIELDS}
+        table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in FIELDS}
         cfg = {f: Signal(signed(aw), name=f"cfg_{f}") for f in FIELDS}
         overlap_ok = Array(C(int(x.k >= L * max(1, x.raw_bytes)), 1) for x in d)
         cfg_overlap = Signal()
@@ -84,12 +89,12 @@ class Controller(wiring.Component):
         goff = Signal(self.ch_width)
         o_pix, ooff = Signal(signed(aw)), Signal(signed(aw))
 
-        last_ci = ci == cfg["ci"] - 1
-        last_kx = kx == cfg["kw"] - 1
-        last_ky = ky == cfg["kh"] - 1
-        last_g = g == cfg["groups"] - 1
-        last_ox = ox == cfg["ow"] - 1
-        last_oy = oy == cfg["oh"] - 1
+        last_ci = ci == cfg["ci"]
+        last_kx = kx == cfg["kw"]
+        last_ky = ky == cfg["kh"]
+        last_g = g == cfg["groups"]
+        last_ox = ox == cfg["ow"]
+        last_oy = oy == cfg["oh"]
         inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
 
         m.d.comb += [

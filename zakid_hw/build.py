@@ -61,7 +61,21 @@ def _build_into(compiled: Compiled, out: Path, *, seed, calibration_path, log) -
     log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz")
     top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
     synth = build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name,
-                            require_timing=True)
+                            require_timing=not c.clock_auto)
+    tries = 0
+    while not synth.timing_met and synth.fmax_mhz and c.clock_auto and tries < 3:
+        # no clock was asked for: run at a PLL frequency a little below what place and route achieved
+        tries += 1
+        target = synth.fmax_mhz * 0.97
+        log(f"      Fmax {synth.fmax_mhz:.2f} MHz is below {c.config.clock_mhz:g} MHz: rebuilding at {target:.1f} MHz")
+        c = c.with_clock(target)
+        top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
+        synth = build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name,
+                                require_timing=tries == 3)
+    if not synth.timing_met:
+        raise ZakidError(f"The design does not meet timing on {c.board.name}: nextpnr achieved Fmax "
+                         f"{synth.fmax_mhz} MHz for a {c.config.clock_mhz:g} MHz clock. Ask for a lower clock "
+                         "frequency (--clock), or try another --seed.")
     shutil.copy(synth.bitstream, out / f"{name}.bin")
     if c.config.weights_in_spram:
         # SPRAM is not initialised by the bitstream: the design reads the weights from flash at start-up

@@ -39,6 +39,14 @@ class Compiled:
     board: Board
     memories: dict         # name -> {"bits", "ebr"}
     signature: int
+    clock_auto: bool = False  # no clock was asked for: build may lower it to what place and route closes
+    baud: float = DEFAULT_BAUD
+
+    def with_clock(self, f_mhz: float) -> "Compiled":
+        """The same design at another clock (the PLL's nearest frequency; UART divisor recomputed)."""
+        f_actual = pll_config(self.board.osc_mhz, f_mhz).f_out
+        divisor = max(4, round(f_actual * 1e6 / self.baud))
+        return replace(self, config=replace(self.config, clock_mhz=f_actual, uart_divisor=divisor))
 
     @property
     def in_dtype(self) -> str:
@@ -155,7 +163,8 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         config = replace(config, weights_in_spram=True)
         plan = memory_plan(image, weights_in_spram=True)
     fit_check(brd, config, plan)
-    return Compiled(str(model_path), graph, lowered, program, image, config, brd, plan, signature_of(image))
+    return Compiled(str(model_path), graph, lowered, program, image, config, brd, plan, signature_of(image),
+                    clock_auto=clock_mhz is None and uart_divisor is None, baud=baud)
 
 
 def load_calibration(path):
