@@ -152,7 +152,8 @@ class Accelerator(wiring.Component):
             with m.Else():
                 m.d.comb += code.eq(rd_bytes[sel])
             m.d.comb += macs.x[lane].eq(extend(code))
-        m.d.comb += [macs.w.eq(w_rd if self.config.weights_in_spram else w_rd.data), macs.bias.eq(b_rd.data), macs.valid.eq(s1["valid"]),
+        m.d.comb += [macs.bias[j].eq(b_rd.data[j]) for j in range(L)]  # sign-extends each lane's bias
+        m.d.comb += [macs.w.eq(w_rd if self.config.weights_in_spram else w_rd.data), macs.valid.eq(s1["valid"]),
                      macs.first.eq(s1["first"]), macs.is_max.eq(is_max[lay])]
 
         # the group's sums are final three cycles after its last step entered the MAC array

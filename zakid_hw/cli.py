@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--output", metavar="Y.npy", help="where to write the outputs")
     s.add_argument("--check", action="store_true", help="compare every output with the golden model")
     s.add_argument("--uart", action="store_true", help="simulate the whole design behind its UART link")
+    s.add_argument("--ignore-fit", action="store_true",
+                   help="simulate even if the design is too big for the device (it cannot be built)")
     r = sub.add_parser("run", help="run inferences on a board over its UART")
     r.add_argument("build_dir", help="a folder written by 'zakid-hw build'")
     r.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB1)")
@@ -81,7 +83,8 @@ def compile_from_args(a, model):
     from .compiler import compile_model
     calib = load_npy(a.calibration, "calibration") if a.calibration else None
     return compile_model(model, calibration=calib, fpga=a.fpga, device=a.device, board=a.board,
-                         lanes=a.lanes, clock_mhz=a.clock, baud=a.baud, weights=a.weights)
+                         lanes=a.lanes, clock_mhz=a.clock, baud=a.baud, weights=a.weights,
+                         check_fit=not getattr(a, "ignore_fit", False))
 
 
 def cmd_build(a) -> int:

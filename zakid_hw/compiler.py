@@ -71,7 +71,7 @@ def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> d
     counted as block RAM."""
     mems = {
         "weights": (len(image.weight_words), image.lanes * image.w_width),
-        "biases": (len(image.bias_words), image.lanes * image.acc_width),
+        "biases": (len(image.bias_words), image.lanes * image.b_width),
         "activations": (image.act_words, 8 * image.lanes),
     }
     for s, stage in enumerate(image.threshold_stages):
@@ -132,9 +132,11 @@ def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
 
 
 def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
-                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto") -> Compiled:
+                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto",
+                  check_fit=True) -> Compiled:
     """Import, lower, schedule and size a model for a board. ``weights``: "auto" (block RAM, or SPRAM
-    when block RAM is too small and the device has SPRAM), "ebr" or "spram"."""
+    when block RAM is too small and the device has SPRAM), "ebr" or "spram". ``check_fit=False`` lets a
+    design that is too big for the device still be simulated."""
     brd = select_board(fpga, device, board)  # check names before the (slower) import
     if baud is None or not baud > 0:
         raise ZakidError(f"--baud must be a positive UART baud rate (e.g. 115200), got {baud}")
@@ -162,7 +164,8 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         # weights move to SPRAM, loaded from the configuration flash at start-up
         config = replace(config, weights_in_spram=True)
         plan = memory_plan(image, weights_in_spram=True)
-    fit_check(brd, config, plan)
+    if check_fit:
+        fit_check(brd, config, plan)
     return Compiled(str(model_path), graph, lowered, program, image, config, brd, plan, signature_of(image),
                     clock_auto=clock_mhz is None and uart_divisor is None, baud=baud)
 

@@ -526,6 +526,7 @@ class AccelImage:
     out_len: int = 0
     in_base: int = 0
     out_base: int = 0
+    b_width: int = 0                # bias memory width per lane (biases are sign-extended to acc_width)
 
     @property
     def act_words(self) -> int:
@@ -622,9 +623,10 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
                 for k in range(l.k):
                     weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
                 bias_words.append([int(v) for v in b[gi * lanes:(gi + 1) * lanes]])
+    b_width = max(signed_bits(int(l.bias.min(initial=0)), int(l.bias.max(initial=0))) for l in layers)
     return AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
                       bias_words, stages, descs, program.in_len, program.out_len,
-                      program.in_storage.base, program.out_storage.base)
+                      program.in_storage.base, program.out_storage.base, b_width)
 
 
 # --------------------------------------------------------------------------------------------------------
