@@ -53,6 +53,7 @@ import numpy as np
 from . import golden
 from .errors import ZakidError
 from .ir import Graph, Node, Tensor, dtype_range
+from .onnx_common import staircase
 
 #: domains whose Quant / BipolarQuant / Trunc nodes are QONNX quantizers
 QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general")
@@ -940,7 +941,7 @@ class QonnxImporter:
                 return code_of(acc).astype(np.int64)
             mult, off = 1, 0
 
-        thr, base = _staircase(g, lo, hi)
+        thr, base = staircase(g, lo, hi)
         c_lo, c_hi = int(g(lo[None]).min()), int(g(hi[None]).max())
         signed = spec.signed and not spec.bipolar
         dtype = "int8" if signed or c_lo < 0 else "uint8"
@@ -1072,25 +1073,6 @@ def _dense_bounds(dense: Node, x_lo: int, x_hi: int):
     terms = w[:, :, None] * d[None, None, :]
     bias = np.asarray(a["bias"], np.int64)
     return terms.min(axis=2).sum(axis=1) + bias, terms.max(axis=2).sum(axis=1) + bias
-
-
-def _staircase(g, lo, hi):
-    """Thresholds (C, T) and base with ``g(acc) == base + #{j: acc >= thr[c, j]}`` for every integer ``acc``
-    in [lo[c], hi[c]], for a per-channel non-decreasing integer function ``g`` of (rows, C) arrays;
-    thresholds never reached are ``hi + 1``. Binary search for the first accumulator of every level."""
-    lv, hv = g(lo[None])[0], g(hi[None])[0]
-    if np.any(hv < lv):
-        raise ZakidError("internal error: an activation function is not non-decreasing")
-    base = int(lv.min())
-    levels = base + 1 + np.arange(int((hv - base).max()))[:, None]  # (T, 1): level reached at threshold j
-    left = np.broadcast_to(lo, (levels.size, lo.size)).copy()
-    right = np.broadcast_to(hi + 1, (levels.size, hi.size)).copy()
-    while np.any(left < right):  # smallest acc in [lo, hi + 1) with g(acc) >= level, hi + 1 if none
-        mid = (left + right) // 2
-        ok = g(np.minimum(mid, hi)) >= levels
-        right = np.where(ok, mid, right)
-        left = np.where(ok, left, mid + 1)
-    return np.ascontiguousarray(left.T.astype(np.int64)), base
 
 
 def _verify(g, thr, base, lo, hi, what: str):
