@@ -260,7 +260,7 @@ def test_every_case_is_tested_or_excluded():
         assert any(n.startswith(prefix) for n in TESTED), prefix
 
 
-def run_case(name, tmp_path):
+def run_case(name, tmp_path, rtl=False):
     case = CASES[name]
     for label, model, xs, expected in subcases(case):
         if expected is None:
@@ -283,11 +283,28 @@ def run_case(name, tmp_path):
         kind = np.int64 if expected.dtype.kind in "iu" else np.float32   # compare values, no wrap-around
         np.testing.assert_array_equal(np.asarray(ours).astype(kind), expected.astype(kind),
                                       err_msg=f"{name} {label}: golden model != reference")
+        if rtl:  # the generated accelerator in RTL simulation, on the same rows
+            from zakid_hw.compiler import compile_model
+            from zakid_hw.simulate import simulate_model
+
+            res = simulate_model(compile_model(path), xs)
+            np.testing.assert_array_equal(np.asarray(res.outputs).reshape(expected.shape).astype(kind),
+                                          expected.astype(kind), err_msg=f"{name} {label}: RTL != reference")
 
 
 @pytest.mark.parametrize("name", TESTED)
 def test_conformance(name, tmp_path):
     run_case(name, tmp_path)
+
+
+#: a representative subset also runs through the generated RTL (each case compiles its own Verilator model)
+RTL_SUBSET = ("test_qlinearconv", "test_conv_with_strides_and_asymmetric_padding", "test_convinteger_with_padding",
+              "test_maxpool_2d_ceil")
+
+
+@pytest.mark.parametrize("name", RTL_SUBSET)
+def test_conformance_in_rtl(name, tmp_path):
+    run_case(name, tmp_path, rtl=True)
 
 
 @pytest.mark.parametrize("name", sorted(REJECTED))
