@@ -11,13 +11,19 @@ from .controller import Controller
 from .mac_array import MacArray
 from .requantizer import ThresholdRequantizer
 from .spram import SpramMemory
+from zakid_hw.flash_image import pack_words
 
 
 def weight_word_values(image) -> list[int]:
-    """The weight memory's words as unsigned integers (lane j in bits ``j * w_width ..``): what the flash
-    image holds for a design with its weights in SPRAM."""
+    """The weight memory's words as unsigned integers (lane j in bits ``j * w_width ..``)."""
     mask = (1 << image.w_width) - 1
     return [sum((v & mask) << (j * image.w_width) for j, v in enumerate(word)) for word in image.weight_words]
+
+
+def weight_flash_bytes(image) -> bytes:
+    """The weights as a design with its weights in SPRAM reads them from flash (see
+    :mod:`zakid_hw.flash_image`)."""
+    return pack_words(weight_word_values(image), image.weight_word_bits)
 
 
 class Accelerator(wiring.Component):
@@ -60,9 +66,8 @@ class Accelerator(wiring.Component):
             "cycles": Out(32),
         }
         if config.weights_in_spram:
-            self.weight_word_bits = config.lanes * image.w_width
             ports.update(load_we=In(1), load_addr=In(max(1, (len(image.weight_words) - 1).bit_length())),
-                         load_data=In(self.weight_word_bits))
+                         load_data=In(image.weight_word_bits))
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -77,7 +82,7 @@ class Accelerator(wiring.Component):
         w_layout = data.ArrayLayout(signed(img.w_width), L)
         b_layout = data.ArrayLayout(signed(img.acc_width), L)
         if self.config.weights_in_spram:
-            m.submodules.weights = spram = SpramMemory(self.weight_word_bits, len(img.weight_words), primitive=True)
+            m.submodules.weights = spram = SpramMemory(img.weight_word_bits, len(img.weight_words), primitive=True)
             m.d.comb += [spram.we.eq(self.load_we), spram.waddr.eq(self.load_addr), spram.wdata.eq(self.load_data)]
             w_rd = data.View(w_layout, spram.rdata)
         else:

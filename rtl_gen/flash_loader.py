@@ -21,6 +21,14 @@ def wake_cycles_for(clock_hz: float, t_s: float = T_RES1_S) -> int:
     return math.ceil(t_s * clock_hz) + 1
 
 
+def load_cycles(*, n_words: int, word_bits: int, clk_div: int, wake_cycles: int, offset: int = 0) -> int:
+    """Clock cycles a :class:`SpiFlashLoader` with these parameters takes from reset release until ``ready``:
+    two CS-high waits, 8 + 32 + 8 * bytes SCK periods, and one cycle for the last write (``offset`` does not
+    matter; it is accepted so that a loader's parameter dict can be passed as it is)."""
+    total_bits = 8 + 32 + 8 * n_words * bytes_per_word(word_bits)
+    return 2 * wake_cycles + total_bits * 2 * clk_div + 1
+
+
 class SpiFlashLoader(wiring.Component):
     """Reads ``n_words`` words from a SPI NOR flash after reset and writes them to a memory write port.
 
@@ -88,10 +96,9 @@ class SpiFlashLoader(wiring.Component):
 
     @property
     def load_cycles(self) -> int:
-        """Clock cycles from reset release until ``ready`` is high: two CS-high waits, 8 + 32 + 8 * bytes SCK
-        periods, and one cycle for the last write."""
-        total_bits = 8 + 32 + 8 * self.n_words * self.word_bytes
-        return 2 * self.wake_cycles + total_bits * 2 * self.clk_div + 1
+        """Clock cycles from reset release until ``ready`` is high (see :func:`load_cycles`)."""
+        return load_cycles(n_words=self.n_words, word_bits=self.word_bits, clk_div=self.clk_div,
+                           wake_cycles=self.wake_cycles)
 
     def elaborate(self, platform):
         m = Module()

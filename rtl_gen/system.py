@@ -13,6 +13,12 @@ CORE_PORTS = ("in_we", "in_addr", "in_data", "start", "out_addr")   # link -> co
 LINK_PORTS = ("busy", "done", "out_data", "cycles")                  # core -> link
 
 
+def weight_loader_params(config, image) -> dict:
+    """Parameters of the SPI flash loader that fills the weight SPRAM of a design with ``config`` and ``image``."""
+    return dict(offset=WEIGHTS_OFFSET, n_words=len(image.weight_words), word_bits=image.weight_word_bits,
+                clk_div=config.flash_clk_div, wake_cycles=wake_cycles_for(config.clock_mhz * 1e6))
+
+
 class AcceleratorSystem(wiring.Component):
     """:class:`~rtl_gen.accelerator.Accelerator` plus :class:`~rtl_gen.host_link.HostLink`.
 
@@ -45,9 +51,7 @@ class AcceleratorSystem(wiring.Component):
         m.d.comb += [getattr(core, p).eq(getattr(link, p)) for p in CORE_PORTS]
         m.d.comb += [getattr(link, p).eq(getattr(core, p)) for p in LINK_PORTS]
         if self.config.weights_in_spram:
-            m.submodules.loader = loader = SpiFlashLoader(
-                offset=WEIGHTS_OFFSET, n_words=len(self.image.weight_words), word_bits=core.weight_word_bits,
-                clk_div=self.config.flash_clk_div, wake_cycles=wake_cycles_for(self.config.clock_mhz * 1e6))
+            m.submodules.loader = loader = SpiFlashLoader(**weight_loader_params(self.config, self.image))
             m.d.comb += [self.flash_sck.eq(loader.sck), self.flash_cs_n.eq(loader.cs_n),
                          self.flash_copi.eq(loader.copi), loader.cipo.eq(self.flash_cipo),
                          core.load_we.eq(loader.mem_we), core.load_addr.eq(loader.mem_addr),

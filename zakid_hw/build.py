@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from boards.top import BoardTop
-from rtl_gen.accelerator import weight_word_values
+from rtl_gen.accelerator import weight_flash_bytes
 from rtl_gen.system import AcceleratorSystem
 
 from . import schedule
 from .compiler import Compiled
 from .errors import ZakidError
-from .flash_image import WEIGHTS_OFFSET, bytes_per_word, flash_image, pack_words
+from .flash_image import WEIGHTS_OFFSET, flash_image
 from .simulate import simulate_codes, verification_rows
 from .synth import build_bitstream
 
@@ -59,27 +59,29 @@ def _build_into(compiled: Compiled, out: Path, *, seed, calibration_path, log) -
     log(f"      {len(rows)} inferences bit-exact, {cycles[0]} cycles each")
 
     log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz")
-    top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
-    synth = build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name,
-                            require_timing=not c.clock_auto)
-    tries = 0
-    while not synth.timing_met and synth.fmax_mhz and c.clock_auto and tries < 3:
+
+    def place_and_route(c):
+        top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
+        return build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name)
+
+    synth = place_and_route(c)
+    for _ in range(3):
+        if synth.timing_met or not c.clock_auto or not synth.fmax_mhz:
+            break
         # no clock was asked for: run at a PLL frequency a little below what place and route achieved
-        tries += 1
         target = synth.fmax_mhz * 0.97
         log(f"      Fmax {synth.fmax_mhz:.2f} MHz is below {c.config.clock_mhz:g} MHz: rebuilding at {target:.1f} MHz")
         c = c.with_clock(target)
-        top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
-        synth = build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name,
-                                require_timing=tries == 3)
+        synth = place_and_route(c)
     if not synth.timing_met:
-        raise ZakidError(f"The design does not meet timing on {c.board.name}: nextpnr achieved Fmax "
-                         f"{synth.fmax_mhz} MHz for a {c.config.clock_mhz:g} MHz clock. Ask for a lower clock "
+        fmax = "unknown" if synth.fmax_mhz is None else f"{synth.fmax_mhz:.2f} MHz"
+        raise ZakidError(f"The design does not meet timing on {c.board.name}: the sync clock runs at "
+                         f"{c.config.clock_mhz:g} MHz but nextpnr achieved Fmax {fmax}. Ask for a lower clock "
                          "frequency (--clock), or try another --seed.")
     shutil.copy(synth.bitstream, out / f"{name}.bin")
     if c.config.weights_in_spram:
         # SPRAM is not initialised by the bitstream: the design reads the weights from flash at start-up
-        weights = pack_words(weight_word_values(c.image), c.config.lanes * c.image.w_width)
+        weights = weight_flash_bytes(c.image)
         (out / f"{name}.weights.bin").write_bytes(weights)
         (out / f"{name}.flash.bin").write_bytes(flash_image(Path(synth.bitstream).read_bytes(), weights))
     shutil.copy(synth.verilog, out / f"{name}.v")
@@ -136,8 +138,8 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "memories": c.memories,
         "weights_memory": "spram" if c.config.weights_in_spram else "ebr",
         "flash_image": ({"file": f"{Path(c.model_path).stem}.flash.bin", "weights_file": f"{Path(c.model_path).stem}.weights.bin",
-                         "weights_offset": WEIGHTS_OFFSET, "weights_bytes": len(c.image.weight_words) * bytes_per_word(
-                             c.config.lanes * c.image.w_width)} if c.config.weights_in_spram else None),
+                         "weights_offset": WEIGHTS_OFFSET, "weights_bytes": len(weight_flash_bytes(c.image))}
+                        if c.config.weights_in_spram else None),
         "activation_bytes": c.image.act_bytes,
         "accumulator_bits": c.image.acc_width,
         "weight_bits": c.image.w_width,

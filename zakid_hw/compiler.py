@@ -70,7 +70,7 @@ def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> d
     weights in SPRAM); small threshold stages end up in logic, so only stages of 32 entries or more are
     counted as block RAM."""
     mems = {
-        "weights": (len(image.weight_words), image.lanes * image.w_width),
+        "weights": (len(image.weight_words), image.weight_word_bits),
         "biases": (len(image.bias_words), image.lanes * image.b_width),
         "activations": (image.act_words, 8 * image.lanes),
     }
@@ -83,7 +83,7 @@ def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> d
         plan["biases"]["ebr"] = 0  # a few words: Yosys keeps them in logic
         plan["biases"]["place"] = "logic"
     if weights_in_spram:
-        cols, rows = spram_blocks(image.lanes * image.w_width, len(image.weight_words))
+        cols, rows = spram_blocks(image.weight_word_bits, len(image.weight_words))
         plan["weights"].update(ebr=0, spram=cols * rows, place="spram")
     return plan
 

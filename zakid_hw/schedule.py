@@ -258,10 +258,10 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
             _plan_concat(graph, n, views, new_storage)
 
     layers: list[Layer] = []
-    k = 0
-    while k < len(middle):
-        n = middle[k]
-        k += 1
+    consumed: set[str] = set()  # threshold nodes that belong to the layer before them
+    for n in middle:
+        if n.name in consumed:
+            continue
         if n.op in VIEW_OPS:
             views[n.outputs[0]] = _view_of(graph, n, views)
             continue
@@ -278,8 +278,7 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
                                  "needs quantized (int8/uint8) outputs from every layer but the last")
             else:
                 thr = users[0]
-                if thr in middle:
-                    middle.remove(thr)
+                consumed.add(thr.name)
                 out = thr.outputs[0]
         if out not in views:
             views[out] = new_storage(out)
@@ -288,7 +287,7 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
         raise ZakidError(f"the accelerator's result {accel_out!r} is not produced by any of its layers")
 
     # lifetimes, pitches and addresses
-    for idx, layer in enumerate(layers):
+    for layer in layers:
         for t in layer.inputs:
             if layer.channel_mode and views[t].offset % lanes:
                 raise ZakidError(f"layer {layer.name!r} reads channels of {t!r} at offset {views[t].offset} of a "
@@ -499,7 +498,6 @@ class LayerDescriptor:
     pad_code: int      # as an 8-bit pattern
     out_base: int
     out_pitch: int
-    out_offset: int    # channel offset within the output storage (concat)
     n_last: int        # lanes of the last group holding real outputs
     w_base: int
     b_base: int
@@ -538,8 +536,13 @@ class AccelImage:
         return max(1, (max(self.in_len, self.out_len) - 1).bit_length())
 
     @property
+    def weight_word_bits(self) -> int:
+        """Bits of one weight memory word: one weight per lane."""
+        return self.lanes * self.w_width
+
+    @property
     def weight_bits(self) -> int:
-        return len(self.weight_words) * self.lanes * self.w_width
+        return len(self.weight_words) * self.weight_word_bits
 
     @property
     def threshold_bits(self) -> int:
@@ -595,8 +598,8 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
             n_tables += l.thresholds.shape[0]
         pitch = src.storage.pitch
         s_base = src.storage.base + src.offset
-        check = int(g["pt"] > 0 or g["pl"] > 0 or (g["oh"] - 1) * g["sy"] + (g["kh"] - 1) * g["dy"] >= g["h"] + g["pt"]
-                    or (g["ow"] - 1) * g["sx"] + (g["kw"] - 1) * g["dx"] >= g["w"] + g["pl"]
+        # the padding check is needed when a window starts before the input or its last one ends past it
+        check = int(g["pt"] > 0 or g["pl"] > 0
                     or (g["oh"] - 1) * g["sy"] + (g["kh"] - 1) * g["dy"] - g["pt"] >= g["h"]
                     or (g["ow"] - 1) * g["sx"] + (g["kw"] - 1) * g["dx"] - g["pl"] >= g["w"])
         if l.kind == "add":
@@ -613,16 +616,15 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
             inc_kx=inc_kx, inc_ky=g["dy"] * g["w"] * pitch, inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch,
             check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], sx=g["sx"], dy=g["dy"], dx=g["dx"],
             h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF,
-            out_base=dst.storage.base + dst.offset, out_pitch=dst.storage.pitch, out_offset=dst.offset,
+            out_base=dst.storage.base + dst.offset, out_pitch=dst.storage.pitch,
             n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_words),
             table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
             raw_bytes=dst.storage.value_bytes if l.raw else 0,
             out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1)))
-        if l.k * groups > 0:
-            for gi in range(groups):
-                for k in range(l.k):
-                    weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
-                bias_words.append([int(v) for v in b[gi * lanes:(gi + 1) * lanes]])
+        for gi in range(groups):
+            for k in range(l.k):
+                weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
+            bias_words.append([int(v) for v in b[gi * lanes:(gi + 1) * lanes]])
     b_width = max(signed_bits(int(l.bias.min(initial=0)), int(l.bias.max(initial=0))) for l in layers)
     return AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
                       bias_words, stages, descs, program.in_len, program.out_len,

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rtl_gen.accelerator import Accelerator, weight_word_values
-from rtl_gen.flash_loader import SpiFlashLoader, wake_cycles_for
+from rtl_gen.accelerator import Accelerator, weight_flash_bytes, weight_word_values
+from rtl_gen.flash_loader import load_cycles
 from rtl_gen.spram import ice40_sim_models
-from rtl_gen.system import AcceleratorSystem
+from rtl_gen.system import AcceleratorSystem, weight_loader_params
 from sim.runner import SimulationError, simulate
 
 from . import golden
 from .compiler import Compiled
 from .errors import ZakidError
-from .flash_image import WEIGHTS_OFFSET, pack_words
+from .flash_image import flash_image
 
 BENCHES = Path(__file__).resolve().parents[1] / "sim" / "benches"
 SIM_UART_DIVISOR = 8
@@ -70,14 +70,10 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False)
             params = dict(divisor=SIM_UART_DIVISOR, in_dtype=compiled.in_dtype, out_dtype=compiled.out_dtype,
                           runs=rows, unknown=ord("x"))
             if spram:
-                words = weight_word_values(compiled.image)
-                bits = compiled.config.lanes * compiled.image.w_width
-                image = bytes(WEIGHTS_OFFSET) + pack_words(words, bits)  # the bitstream part is never read
-                loader = SpiFlashLoader(offset=WEIGHTS_OFFSET, n_words=len(words), word_bits=bits,
-                                        clk_div=config.flash_clk_div,
-                                        wake_cycles=wake_cycles_for(config.clock_mhz * 1e6))
-                params["flash"] = {"image": image.hex(), "load_cycles": loader.load_cycles}
-                loader._MustUse__silence = True
+                # the flash as the board's would hold it; the bitstream part before the weights is never read
+                image = flash_image(b"", weight_flash_bytes(compiled.image))
+                params["flash"] = {"image": image.hex(),
+                                   "load_cycles": load_cycles(**weight_loader_params(config, compiled.image))}
             res = simulate(dut, name="zakid_system", test_module="host_link_bench", test_dir=BENCHES,
                            build_dir=cache_dir(), parameters=params, **extra)
             if res["info"]["signature"] != compiled.signature:
