@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from .config import AccelConfig
 from .controller import Controller
 from .mac_array import MacArray
-from .requantizer import ThresholdRequantizer
+from .requantizer import AffineRequantizer, ThresholdRequantizer
 from .spram import SpramMemory
 from zakid_hw.flash_image import pack_words
 
@@ -80,7 +80,7 @@ class Accelerator(wiring.Component):
 
         # --- memories -------------------------------------------------------------------------------
         w_layout = data.ArrayLayout(signed(img.w_width), L)
-        b_layout = data.ArrayLayout(signed(img.acc_width), L)
+        acc_layout = data.ArrayLayout(signed(img.acc_width), L)
         if self.config.weights_in_spram:
             m.submodules.weights = spram = SpramMemory(img.weight_word_bits, len(img.weight_words), primitive=True)
             m.d.comb += [spram.we.eq(self.load_we), spram.waddr.eq(self.load_addr), spram.wdata.eq(self.load_data)]
@@ -90,19 +90,23 @@ class Accelerator(wiring.Component):
                 shape=w_layout, depth=len(img.weight_words), init=img.weight_words)
             w_rd = weights.read_port(domain="sync")
         m.submodules.biases = biases = Memory(
-            shape=b_layout, depth=len(img.bias_words), init=img.bias_words)
+            shape=signed(max(1, img.b_width)), depth=len(img.bias_values), init=img.bias_values)
         m.submodules.acts = acts = Memory(shape=8 * L, depth=words, init=[])
         b_rd = biases.read_port(domain="sync")
         a_rd = acts.read_port(domain="sync")
         a_wr = acts.write_port(granularity=8)
 
         m.submodules.ctrl = ctrl = Controller(descriptors=descs, lanes=L, w_depth=len(img.weight_words),
-                                              b_depth=len(img.bias_words), act_bytes=img.act_bytes)
+                                              act_bytes=img.act_bytes)
         m.submodules.macs = macs = MacArray(lanes=L, dsp_lanes=self.config.dsp_lanes, w_width=img.w_width,
                                             acc_width=img.acc_width)
         aw = ctrl.addr_width
-        m.submodules.requant = rq = ThresholdRequantizer(width=img.acc_width, out_bits=img.out_bits,
-                                                         stages=img.threshold_stages, tag_width=aw)
+        if img.requantizer == "affine":
+            rq = AffineRequantizer(width=img.acc_width, tables=img.affine, tag_width=aw)
+        else:
+            rq = ThresholdRequantizer(width=img.acc_width, out_bits=img.out_bits, stages=img.threshold_stages,
+                                      tag_width=aw)
+        m.submodules.requant = rq
 
         def per_layer(field, width):
             return Array(C(getattr(d, field), width) for d in descs)
@@ -112,6 +116,7 @@ class Accelerator(wiring.Component):
         table_base = per_layer("table_base", rq.i_table.shape().width)
         per_channel, base_code = per_layer("per_channel", 1), per_layer("base_code", 8)
         raw_bytes = per_layer("raw_bytes", 4)  # 0: requantize; n: write the accumulator as n bytes
+        b_base = per_layer("b_base", max(1, len(img.bias_values).bit_length()))
 
         def word(byte_addr):
             return byte_addr[lg:lg + waw] if lg + waw <= len(byte_addr) else byte_addr[lg:]
@@ -121,7 +126,7 @@ class Accelerator(wiring.Component):
             m.d.comb += spram.raddr.eq(ctrl.w_addr)
         else:
             m.d.comb += w_rd.addr.eq(ctrl.w_addr)
-        m.d.comb += [b_rd.addr.eq(ctrl.b_addr), ctrl.start.eq(self.start),
+        m.d.comb += [ctrl.start.eq(self.start),
                      self.busy.eq(ctrl.busy), self.done.eq(ctrl.done)]
         host_rd = Signal(aw)
         m.d.comb += host_rd.eq(self.out_addr + img.out_base)
@@ -157,7 +162,6 @@ class Accelerator(wiring.Component):
             with m.Else():
                 m.d.comb += code.eq(rd_bytes[sel])
             m.d.comb += macs.x[lane].eq(extend(code))
-        m.d.comb += [macs.bias[j].eq(b_rd.data[j]) for j in range(L)]  # sign-extends each lane's bias
         m.d.comb += [macs.w.eq(w_rd if self.config.weights_in_spram else w_rd.data), macs.valid.eq(s1["valid"]),
                      macs.first.eq(s1["first"]), macs.is_max.eq(is_max[lay])]
 
@@ -171,7 +175,7 @@ class Accelerator(wiring.Component):
         fin = delay[-1]
 
         # --- drain: the lanes' sums go one per cycle into the requantizer ----------------------------
-        drain = Signal(b_layout)
+        drain = Signal(acc_layout)
         d_count = Signal(range(L + 1))
         d_addr = Signal.like(ctrl.o_addr)
         d_ch = Signal.like(ctrl.ch_base)
@@ -180,7 +184,8 @@ class Accelerator(wiring.Component):
         group_issued = ctrl.issue & ctrl.last
         group_drained = Signal()
         m.d.sync += pending.eq(pending + group_issued - group_drained)
-        m.d.comb += [ctrl.pending.eq(pending), ctrl.idle.eq((pending == 0) & ~rq.busy)]
+        p_valid = Signal()  # the bias stage holds an output
+        m.d.comb += [ctrl.pending.eq(pending), ctrl.idle.eq((pending == 0) & ~p_valid & ~rq.busy)]
 
         d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
         raw = raw_bytes[d_layer] != 0
@@ -196,12 +201,20 @@ class Accelerator(wiring.Component):
                              d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
             with m.Else():
                 m.d.sync += d_byte.eq(d_byte + 1)
+        # --- bias: the drained sum plus its output channel's bias ---------------------------------------
+        p_acc, p_tag = Signal.like(drain[0]), Signal.like(d_addr)
+        p_ch, p_layer, p_byte, p_raw = Signal.like(d_ch), Signal.like(d_layer), Signal.like(d_byte), Signal()
+        m.d.comb += b_rd.addr.eq(b_base[d_layer] + d_ch)
+        m.d.sync += [p_valid.eq(d_count != 0), p_acc.eq(drain[0]), p_tag.eq(d_addr), p_ch.eq(d_ch),
+                     p_layer.eq(d_layer), p_byte.eq(d_byte), p_raw.eq(raw)]
+        biased = Signal(signed(img.acc_width))
+        m.d.comb += biased.eq(p_acc + b_rd.data)
         acc32 = Signal(signed(32))
-        m.d.comb += acc32.eq(drain[0])
+        m.d.comb += acc32.eq(biased)
         acc_bytes = Array(acc32[8 * b: 8 * b + 8] for b in range(4))
-        m.d.comb += [rq.i_valid.eq((d_count != 0) & ~raw), rq.i_acc.eq(drain[0]), rq.i_base.eq(base_code[d_layer]),
-                     rq.i_table.eq(table_base[d_layer] + Mux(per_channel[d_layer], d_ch, 0)),
-                     rq.i_tag.eq(d_addr)]
+        m.d.comb += [rq.i_valid.eq(p_valid & ~p_raw), rq.i_acc.eq(biased), rq.i_base.eq(base_code[p_layer]),
+                     rq.i_table.eq(table_base[p_layer] + Mux(per_channel[p_layer], p_ch, 0)),
+                     rq.i_tag.eq(p_tag)]
 
         # --- write back: requantizer results, or the host's input codes ------------------------------
         wr_byte = Signal(aw)
@@ -209,8 +222,8 @@ class Accelerator(wiring.Component):
         wr_en = Signal()
         with m.If(rq.o_valid):
             m.d.comb += [wr_en.eq(1), wr_byte.eq(rq.o_tag), wr_code.eq(rq.o_code)]
-        with m.Elif((d_count != 0) & raw):
-            m.d.comb += [wr_en.eq(1), wr_byte.eq(d_addr), wr_code.eq(acc_bytes[d_byte])]
+        with m.Elif(p_valid & p_raw):
+            m.d.comb += [wr_en.eq(1), wr_byte.eq(p_tag), wr_code.eq(acc_bytes[p_byte])]
         with m.Elif(~ctrl.busy):
             m.d.comb += [wr_en.eq(self.in_we), wr_byte.eq(self.in_addr + img.in_base), wr_code.eq(self.in_data)]
         m.d.comb += [a_wr.addr.eq(word(wr_byte)), a_wr.data.eq(Cat(*([wr_code] * L))),

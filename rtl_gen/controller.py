@@ -9,7 +9,7 @@ from amaranth.utils import bits_for
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
 FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "inc_ky", "inc_ox", "inc_oy",
           "check", "iy0", "ix0", "sy", "sx", "dy", "dx", "h", "w", "out_base", "out_pitch", "n_last",
-          "w_base", "b_base", "out_group_step")
+          "w_base", "out_group_step")
 
 
 LOOP_COUNTS = ("ci", "kw", "kh", "groups", "ow", "oh")
@@ -20,8 +20,7 @@ class Controller(wiring.Component):
 
     Addresses are computed by adding per-layer steps (no multipliers): the byte address of each input
     read, whether it lies inside the input (else it is padding), the weight address (weights are laid
-    out in issue order per group), the bias address (one word per group) and the byte address the
-    group's first output goes to.
+    out in issue order per group) and the byte address the group's first output goes to.
 
     Ports:
         start:    in, 1: pulse to begin an inference.
@@ -30,14 +29,13 @@ class Controller(wiring.Component):
         busy:     out, 1: an inference is running.
         done:     out, 1: one-cycle pulse when the last layer's outputs are all written.
         issue:    out, 1: a MAC step is issued this cycle.
-        first:    out, 1: the step starts a group (lanes restart from the bias).
+        first:    out, 1: the step starts a group (the lanes' sums restart).
         last:     out, 1: the step ends a group.
         layer:    out: index of the running layer.
         rd_addr:  out, signed: byte address of the input code(s) this step reads (in channel mode, the
                   first of the group's ``lanes`` channels).
         rd_valid: out, 1: the address lies inside the input; otherwise the step reads the padding code.
         w_addr:   out: weight memory address of this step.
-        b_addr:   out: bias memory address (the group's).
         o_addr:   out: byte address of the group's first output.
         ch_base:  out: the group's first output channel.
         group_n:  out: how many lanes of the current group hold real outputs.
@@ -46,7 +44,7 @@ class Controller(wiring.Component):
     (``pending == 0``, or ``pending == 1`` when the group has at least as many steps as there are lanes).
     """
 
-    def __init__(self, *, descriptors, lanes, w_depth, b_depth, act_bytes):
+    def __init__(self, *, descriptors, lanes, w_depth, act_bytes):
         self.descs, self.lanes = descriptors, lanes
         vals = [abs(getattr(d, f)) for d in descriptors for f in FIELDS] + [act_bytes + 1]
         big = max(vals)
@@ -61,7 +59,7 @@ class Controller(wiring.Component):
             "issue": Out(1), "first": Out(1), "last": Out(1),
             "layer": Out(bits_for(len(descriptors))),
             "rd_addr": Out(signed(self.addr_width)), "rd_valid": Out(1),
-            "w_addr": Out(bits_for(max(w_depth - 1, 1))), "b_addr": Out(bits_for(max(b_depth - 1, 1))),
+            "w_addr": Out(bits_for(max(w_depth - 1, 1))),
             "o_addr": Out(signed(self.addr_width)), "ch_base": Out(self.ch_width),
             "group_n": Out(bits_for(lanes)),
         })
@@ -112,8 +110,7 @@ class Controller(wiring.Component):
             return [ci.eq(0), kx.eq(0), ky.eq(0), g.eq(0), ox.eq(0), oy.eq(0),
                     a_line.eq(cfg["start"]), a_px.eq(cfg["start"]), a_ky.eq(cfg["start"]), a_kx.eq(cfg["start"]),
                     iy_px.eq(cfg["iy0"]), ix_px.eq(cfg["ix0"]), iy_k.eq(cfg["iy0"]), ix_k.eq(cfg["ix0"]),
-                    goff.eq(0), ooff.eq(0), o_pix.eq(cfg["out_base"]), self.w_addr.eq(cfg["w_base"]),
-                    self.b_addr.eq(cfg["b_base"])]
+                    goff.eq(0), ooff.eq(0), o_pix.eq(cfg["out_base"]), self.w_addr.eq(cfg["w_base"])]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -141,14 +138,14 @@ class Controller(wiring.Component):
                     m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(ky + 1), a_ky.eq(a_ky + cfg["inc_ky"]),
                                  a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px), iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
-                    m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(0), self.b_addr.eq(self.b_addr + 1)]
+                    m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(0)]
                     m.next = "GROUP"
                     with m.If(~last_g):
                         m.d.sync += [g.eq(g + 1), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]), a_ky.eq(a_px), a_kx.eq(a_px),
                                      iy_k.eq(iy_px), ix_k.eq(ix_px)]
                     with m.Else():
                         m.d.sync += [g.eq(0), goff.eq(0), ooff.eq(0), self.w_addr.eq(cfg["w_base"]),
-                                     self.b_addr.eq(cfg["b_base"]), o_pix.eq(o_pix + cfg["out_pitch"])]
+                                     o_pix.eq(o_pix + cfg["out_pitch"])]
                         with m.If(~last_ox):
                             m.d.sync += [ox.eq(ox + 1), a_px.eq(a_px + cfg["inc_ox"]),
                                          a_ky.eq(a_px + cfg["inc_ox"]), a_kx.eq(a_px + cfg["inc_ox"]),

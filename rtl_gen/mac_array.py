@@ -15,16 +15,15 @@ def shift_add_product(x, w, w_width):
 
 
 class MacArray(wiring.Component):
-    """``lanes`` accumulators, each ``acc = bias + sum(x * w)`` (or ``max(x * w)``) over one sequence of
-    products.
+    """``lanes`` accumulators, each ``acc = sum(x * w)`` (or ``max(x * w)``) over one sequence of products
+    (the bias is added later, one output at a time, in the accelerator's drain).
 
     Ports:
         x:      in, one signed(9) activation per lane (the same code in every lane for a broadcast layer).
         w:      in, one signed(w_width) weight per lane.
-        bias:   in, one signed(acc_width) bias per lane, read when ``first`` is set.
         valid:  in, 1: take the product of ``x`` and ``w`` this cycle.
-        first:  in, 1: this product starts a new sum (the accumulator restarts from ``bias``).
-        is_max: in, 1: keep the largest product instead of the sum (max pooling; bias unused).
+        first:  in, 1: this product starts a new sum (the accumulator restarts from zero).
+        is_max: in, 1: keep the largest product instead of the sum (max pooling).
         acc:    out, one signed(acc_width) accumulator per lane; a product entered in cycle t is included
                 from cycle t+3 on (input register, product register, accumulator).
 
@@ -37,7 +36,6 @@ class MacArray(wiring.Component):
         super().__init__({
             "x": In(data.ArrayLayout(signed(X_WIDTH), lanes)),
             "w": In(data.ArrayLayout(signed(w_width), lanes)),
-            "bias": In(data.ArrayLayout(signed(acc_width), lanes)),
             "valid": In(1),
             "first": In(1),
             "is_max": In(1),
@@ -49,24 +47,21 @@ class MacArray(wiring.Component):
         # input register: keeps memory read paths and the multipliers in separate cycles
         x = Signal.like(self.x)
         w = Signal.like(self.w)
-        bias = Signal.like(self.bias)
         valid_i, first_i, max_i = Signal(), Signal(), Signal()
-        m.d.sync += [x.eq(self.x), w.eq(self.w), bias.eq(self.bias), valid_i.eq(self.valid),
+        m.d.sync += [x.eq(self.x), w.eq(self.w), valid_i.eq(self.valid),
                      first_i.eq(self.first), max_i.eq(self.is_max)]
         valid_d, first_d, max_d = Signal(), Signal(), Signal()
         m.d.sync += [valid_d.eq(valid_i), first_d.eq(first_i), max_d.eq(max_i)]
         for lane in range(self.lanes):
             prod = Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}")
-            bias_d = Signal(signed(self.acc_width), name=f"bias{lane}")
             if lane < self.dsp_lanes:
                 m.d.sync += prod.eq(x[lane] * w[lane])
             else:
                 m.d.sync += prod.eq(shift_add_product(x[lane], w[lane], self.w_width))
-            m.d.sync += bias_d.eq(bias[lane])
             acc = self.acc[lane]
             with m.If(valid_d):
                 with m.If(max_d):
                     m.d.sync += acc.eq(Mux(first_d | (prod > acc), prod, acc))
                 with m.Else():
-                    m.d.sync += acc.eq(Mux(first_d, bias_d, acc) + prod)
+                    m.d.sync += acc.eq(Mux(first_d, 0, acc) + prod)
         return m

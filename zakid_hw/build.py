@@ -111,7 +111,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
                        "output": [l.n, g["oh"], g["ow"]], "kernel": [g["kh"], g["kw"]], "steps_per_output": l.k,
                        "macs": l.macs, "mac_bound_cycles": -(-l.macs // c.image.lanes),
                        "lane_groups": d.groups * d.oh * d.ow,
-                       "cycles": schedule.layer_cycles(d, c.image.lanes, c.image.out_bits),
+                       "cycles": schedule.layer_cycles(d, c.image),
                        "input_type": l.in_dtype, "output_type": l.out_dtype,
                        "requantizer_tables": int(l.thresholds.shape[0])})
     return {
@@ -137,6 +137,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "resources": res,
         "memories": c.memories,
         "weights_memory": "spram" if c.config.weights_in_spram else "ebr",
+        "requantizer": c.image.requantizer,
         "flash_image": ({"file": f"{Path(c.model_path).stem}.flash.bin", "weights_file": f"{Path(c.model_path).stem}.weights.bin",
                          "weights_offset": WEIGHTS_OFFSET, "weights_bytes": len(weight_flash_bytes(c.image))}
                         if c.config.weights_in_spram else None),
@@ -163,6 +164,8 @@ def text_report(r: dict) -> str:
         f"  host link:   UART {r['host_link']['baud']} baud, {r['host_link']['transfer_ms']} ms transfer, "
         f"{r['host_link']['inferences_per_s_over_uart']:.0f} inferences/s end to end",
         "  resources:   " + ", ".join(f"{k} {v['used']}/{v['total']}" for k, v in res.items()),
+        f"  memories:    weights in {r['weights_memory'].upper()}, {r['requantizer']} requantizer tables, "
+        f"{r['activation_bytes']} bytes of activations",
         "  layers:",
     ]
     for l in r["layers"]:

@@ -29,6 +29,10 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("auto", "ebr", "spram"), default="auto",
                    help="where the weights live: block RAM, or SPRAM loaded from SPI flash at start-up "
                         "(default auto: SPRAM only when block RAM is too small)")
+    p.add_argument("--requantizer", choices=("auto", "tables", "affine"), default="auto",
+                   help="how the requantizer stores its thresholds: whole tables, or affine tables (a line "
+                        "plus a few bits per threshold, more logic, far less block RAM); default auto: "
+                        "affine only when block RAM is still too small")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,7 +88,7 @@ def compile_from_args(a, model):
     calib = load_npy(a.calibration, "calibration") if a.calibration else None
     return compile_model(model, calibration=calib, fpga=a.fpga, device=a.device, board=a.board,
                          lanes=a.lanes, clock_mhz=a.clock, baud=a.baud, weights=a.weights,
-                         check_fit=not getattr(a, "ignore_fit", False))
+                         requantizer=a.requantizer, check_fit=not getattr(a, "ignore_fit", False))
 
 
 def cmd_build(a) -> int:
@@ -129,12 +133,13 @@ def cmd_run(a) -> int:
         rep = json.loads(rep_path.read_text())
         board, lanes, clock, baud = rep["board"], rep["mac_lanes"], rep["clock_mhz"], rep["host_link"]["baud"]
         weights = rep.get("weights_memory", "ebr")
+        requantizer = rep.get("requantizer", "tables")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ZakidError(f"{rep_path} is not a report written by 'zakid-hw build' ({type(e).__name__}: {e}); "
                          f"rebuild {bdir} with 'zakid-hw build'") from None
     calib = load_npy(bdir / "calibration.npy", "calibration") if (bdir / "calibration.npy").exists() else None
     c = compile_model(bdir / "model.onnx", calibration=calib, board=board, lanes=lanes, clock_mhz=clock,
-                      weights=weights)
+                      weights=weights, requantizer=requantizer)
     from .simulate import to_codes
     codes = to_codes(c, load_npy(a.input, "input"))
     with protocol.SerialLink(a.port, baudrate=baud) as link:

@@ -18,14 +18,21 @@ from . import passes, schedule
 from .errors import ZakidError
 from .ir import Graph
 from .onnx_import import load_model
+from .threshold_tables import signed_bits
 
 #: default clock per device family member: what nextpnr closes for the generated design with margin
 DEFAULT_CLOCK_MHZ = {"up5k": 37.5, "hx8k": 36.0, "hx1k": 36.0}
 DEFAULT_BAUD = 115200
+#: requantizer stage memories smaller than this Yosys maps to logic (seen on UP5K builds: 704 bits in
+#: logic, 1408 bits in block RAM)
+SMALL_TABLE_BITS = 1024
 #: EBR aspect ratios (depth, width) of SB_RAM40_4K
 EBR_MODES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
 #: logic cells a shift-and-add 9x8 multiplier lane costs, measured on UP5K builds
 LUT_LANE_LC = 110
+#: weights this narrow (bipolar, ternary, 2-bit) always multiply in logic cells, in this many lanes
+LUT_WEIGHT_BITS = 2
+LOW_BIT_LANES = 16
 
 
 @dataclass
@@ -67,21 +74,27 @@ def ebr_blocks(depth: int, width: int) -> int:
 
 def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> dict:
     """Every memory of the design with its size and placement (``ebr`` blocks, or ``spram`` blocks for
-    weights in SPRAM); small threshold stages end up in logic, so only stages of 32 entries or more are
-    counted as block RAM."""
+    weights in SPRAM); memories of fewer than 32 words, and requantizer stages of fewer than
+    SMALL_TABLE_BITS bits, end up in logic."""
     mems = {
         "weights": (len(image.weight_words), image.weight_word_bits),
-        "biases": (len(image.bias_words), image.lanes * image.b_width),
+        "biases": (len(image.bias_values), image.b_width),
         "activations": (image.act_words, 8 * image.lanes),
     }
-    for s, stage in enumerate(image.threshold_stages):
-        if len(stage) >= 32:
-            mems[f"thresholds{s}"] = (len(stage), image.acc_width)
+    if image.requantizer == "affine":
+        at = image.affine
+        mems["lines"] = (len(at.consts), at.n0_width + at.d_width + at.out_bits)
+        stages, width = at.stages, at.e_width
+    else:
+        stages, width = image.threshold_stages, image.acc_width
+    for s, stage in enumerate(stages):
+        mems[f"thresholds{s}"] = (len(stage), width)
     plan = {name: {"depth": d, "width": w, "bits": d * w, "ebr": ebr_blocks(d, w), "spram": 0, "place": "ebr"}
             for name, (d, w) in mems.items()}
-    if plan["biases"]["depth"] < 32:
-        plan["biases"]["ebr"] = 0  # a few words: Yosys keeps them in logic
-        plan["biases"]["place"] = "logic"
+    for name, m in plan.items():
+        small_table = (name.startswith("thresholds") or name == "lines") and m["bits"] < SMALL_TABLE_BITS
+        if name != "weights" and (m["depth"] < 32 or small_table):
+            m.update(ebr=0, place="logic")  # a few words: Yosys keeps them in logic
     if weights_in_spram:
         cols, rows = spram_blocks(image.weight_word_bits, len(image.weight_words))
         plan["weights"].update(ebr=0, spram=cols * rows, place="spram")
@@ -90,23 +103,38 @@ def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> d
 
 def signature_of(image: schedule.AccelImage) -> int:
     """32-bit identifier of a compiled model (weights, biases, thresholds, layer table)."""
-    h = zlib.crc32(repr((image.weight_words, image.bias_words, image.threshold_stages,
-                         [vars(d) for d in image.layers], image.lanes)).encode())
+    h = zlib.crc32(repr((image.weight_words, image.bias_values, image.threshold_stages,
+                         [vars(d) for d in image.layers], image.lanes, image.requantizer)).encode())
     return h & 0xFFFFFFFF
 
 
+def weight_bits(program: schedule.Program) -> int:
+    """Bits of the widest weight of any layer (two's complement)."""
+    return max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in program.layers)
+
+
+def lut_lane_lc(w_bits: int) -> int:
+    """Logic cells of one shift-and-add MAC lane: a term per weight bit."""
+    return math.ceil(LUT_LANE_LC * w_bits / 8)
+
+
 def default_lanes(board: Board, program: schedule.Program) -> tuple[int, int]:
-    """(lanes, dsp_lanes): one lane per DSP block on a device with DSPs (logic-cell lanes cost about
-    LUT_LANE_LC each; ask for them with ``lanes``), 8 logic-cell lanes on a device without."""
+    """(lanes, dsp_lanes). Weights of at most LUT_WEIGHT_BITS bits multiply in logic cells (a product is
+    a couple of adds, a DSP block would be wasted on it): LOW_BIT_LANES such lanes. Otherwise one lane per
+    DSP block on a device with DSPs (logic-cell lanes cost about LUT_LANE_LC each; ask for them with
+    ``lanes``), 8 logic-cell lanes on a device without."""
     widest = max(l.n for l in program.layers)
     dsp = board.device.dsp
-    lanes = dsp if dsp else 8
+    if weight_bits(program) <= LUT_WEIGHT_BITS:
+        lanes, dsp = LOW_BIT_LANES, 0
+    else:
+        lanes = dsp if dsp else 8
     while lanes > 1 and lanes // 2 >= widest:
         lanes //= 2
     return lanes, min(dsp, lanes)
 
 
-def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
+def fit_check(board: Board, config: AccelConfig, plan: dict, w_bits: int = 8) -> None:
     dev = board.device
     problems = []
     ebr = sum(m["ebr"] for m in plan.values())
@@ -123,7 +151,7 @@ def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
                         f"{dev.spram}")
     if config.dsp_lanes > dev.dsp:
         problems.append(f"asks for {config.dsp_lanes} DSP lanes, device {dev.name} has {dev.dsp} DSP blocks")
-    lut_lc = (config.lanes - config.dsp_lanes) * LUT_LANE_LC
+    lut_lc = (config.lanes - config.dsp_lanes) * lut_lane_lc(w_bits)
     if lut_lc > 0.6 * dev.logic_cells:
         problems.append(f"{config.lanes - config.dsp_lanes} logic-cell MAC lanes need about {lut_lc} logic "
                         f"cells, more than 60% of the {dev.logic_cells} of device {dev.name}; use fewer --lanes")
@@ -132,40 +160,53 @@ def fit_check(board: Board, config: AccelConfig, plan: dict) -> None:
 
 
 def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
-                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto",
+                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto", requantizer="auto",
                   check_fit=True) -> Compiled:
     """Import, lower, schedule and size a model for a board. ``weights``: "auto" (block RAM, or SPRAM
-    when block RAM is too small and the device has SPRAM), "ebr" or "spram". ``check_fit=False`` lets a
-    design that is too big for the device still be simulated."""
+    when block RAM is too small and the device has SPRAM), "ebr" or "spram". ``requantizer``: "auto"
+    (whole threshold tables, or affine tables when block RAM is still too small), "tables" or "affine"
+    (see :mod:`zakid_hw.threshold_tables`). ``check_fit=False`` lets a design that is too big for the
+    device still be simulated."""
     brd = select_board(fpga, device, board)  # check names before the (slower) import
     if baud is None or not baud > 0:
         raise ZakidError(f"--baud must be a positive UART baud rate (e.g. 115200), got {baud}")
     graph = load_model(model_path, calibration=calibration)
     lowered = passes.lower_for_hardware(graph)
+    sketch = schedule.make_program(lowered, 1)  # the layers, before the lane count is known
     if lanes is None:
-        n_lanes, dsp_lanes = default_lanes(brd, schedule.make_program(lowered, 1))
+        n_lanes, dsp_lanes = default_lanes(brd, sketch)
     else:
         if lanes < 1 or lanes & (lanes - 1):
             raise ZakidError(f"--lanes must be a power of two (1, 2, 4, 8, 16, ...), got {lanes}")
-        n_lanes, dsp_lanes = lanes, min(lanes, brd.device.dsp)
+        low_bit = weight_bits(sketch) <= LUT_WEIGHT_BITS
+        n_lanes, dsp_lanes = lanes, 0 if low_bit else min(lanes, brd.device.dsp)
     program = schedule.make_program(lowered, n_lanes)
     f = DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None else float(clock_mhz)
     f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
     divisor = uart_divisor or max(4, round(f_actual * 1e6 / baud))
     config = AccelConfig(lanes=n_lanes, dsp_lanes=dsp_lanes, clock_mhz=f_actual, uart_divisor=divisor)
-    image = schedule.memory_image(program, n_lanes)
-    plan = memory_plan(image)
     if weights not in ("auto", "ebr", "spram"):
         raise ZakidError(f"--weights must be auto, ebr or spram, got {weights!r}")
     if weights == "spram" and not brd.device.spram:
         raise ZakidError(f"--weights spram: device {brd.device.name} has no SPRAM")
-    if weights == "spram" or (weights == "auto" and brd.device.spram
-                              and sum(m["ebr"] for m in plan.values()) > brd.device.ebr):
+    if requantizer not in ("auto", "tables", "affine"):
+        raise ZakidError(f"--requantizer must be auto, tables or affine, got {requantizer!r}")
+    image = schedule.memory_image(program, n_lanes, "affine" if requantizer == "affine" else "tables")
+    plan = memory_plan(image)
+
+    def too_big(p):
+        return sum(m["ebr"] for m in p.values()) > brd.device.ebr
+
+    if weights == "spram" or (weights == "auto" and brd.device.spram and too_big(plan)):
         # weights move to SPRAM, loaded from the configuration flash at start-up
         config = replace(config, weights_in_spram=True)
         plan = memory_plan(image, weights_in_spram=True)
+    if requantizer == "auto" and too_big(plan):
+        # the requantizer's tables shrink to a line plus a few bits per threshold
+        image = replace(image, requantizer="affine")
+        plan = memory_plan(image, weights_in_spram=config.weights_in_spram)
     if check_fit:
-        fit_check(brd, config, plan)
+        fit_check(brd, config, plan, image.w_width)
     return Compiled(str(model_path), graph, lowered, program, image, config, brd, plan, signature_of(image),
                     clock_auto=clock_mhz is None and uart_divisor is None, baud=baud)
 

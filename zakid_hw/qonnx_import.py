@@ -54,6 +54,7 @@ from . import golden
 from .errors import ZakidError
 from .ir import Graph, Node, Tensor, dtype_range
 from .onnx_common import staircase
+from .threshold_tables import signed_bits
 
 #: domains whose Quant / BipolarQuant / Trunc nodes are QONNX quantizers
 QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general")
@@ -796,7 +797,7 @@ class QonnxImporter:
                 f"layer {node.name!r}: {why}, so the float MatMul that execute_onnx runs rounds in an order "
                 "zakid-hw does not reproduce; the layer is imported as f32(acc) * f32(x_scale * w_scale) and "
                 "may differ from execute_onnx in rare cases.")
-        w_bits = _signed_bits(int(weight.min()), int(weight.max())) if weight.size else 1
+        w_bits = signed_bits(int(weight.min()), int(weight.max())) if weight.size else 1
         self.layers[dense.name] = {
             "weight_quantizer": spec.name, "weight_bits": spec.bits, "weight_range": (int(weight.min()),
                                                                                      int(weight.max())),
@@ -1055,14 +1056,6 @@ class QonnxImporter:
         used = {t for n in self.graph.nodes for t in n.inputs + n.outputs} | set(self.graph.inputs)
         self.graph.tensors = {k: v for k, v in self.graph.tensors.items() if k in used}
         self.code_ranges = {k: v for k, v in self.code_ranges.items() if v is not None}
-
-
-def _signed_bits(lo: int, hi: int) -> int:
-    """Bits of a two's complement number holding every value in [lo, hi]."""
-    b = 1
-    while lo < -(2 ** (b - 1)) or hi > 2 ** (b - 1) - 1:
-        b += 1
-    return b
 
 
 def _dense_bounds(dense: Node, x_lo: int, x_hi: int):

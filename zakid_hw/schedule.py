@@ -40,6 +40,7 @@ from . import golden
 from .errors import ZakidError
 from .ir import Graph, Node, dtype_range
 from .passes import accumulator_bounds
+from .threshold_tables import AffineTables, affine_tables, signed_bits, threshold_tree
 
 HOST_PRE_OPS = ("quantize", "clip", "reshape", "affine", "transpose")
 HOST_POST_OPS = ("reshape", "dequantize", "affine", "softmax", "qsoftmax", "transpose")
@@ -306,7 +307,7 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
         for t in layer.inputs[1:]:
             if views[t].storage.pitch != views[layer.inputs[0]].storage.pitch:
                 raise ZakidError(f"add node {layer.name!r}: its inputs are stored with different channel layouts")
-    act_bytes = allocate(storages, lanes)
+    act_bytes = allocate(storages, lanes, overlaps(layers, views, storages, lanes))
     return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes)
 
 
@@ -438,12 +439,55 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
     return Layer(n.name, kind, inputs, out, w, bias, thresholds, base, in_dtype, out_dtype, acc_range, geo)
 
 
-def allocate(storages: list[Storage], align: int) -> int:
-    """Give every storage a base address (a multiple of ``align``) so that no two storages alive at the
-    same time overlap: largest first, each at the lowest free address. Returns the bytes needed."""
-    placed: list[Storage] = []
+def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int) -> int:
+    """How far below its input a layer's output may start (bytes, a multiple of ``lanes``; negative:
+    above) so that no output is written over an input byte that a later lane group still reads. Outputs
+    are written after their own group's reads, so a group may overwrite what only it and earlier groups
+    read; that holds whatever the pipeline's timing."""
+    g = layer.geometry
+    groups = -(-layer.n // lanes)
+    oy, ky = np.arange(g["oh"])[:, None], np.arange(g["kh"])[None, :]
+    ox, kx = np.arange(g["ow"])[:, None], np.arange(g["kw"])[None, :]
+    iy = oy * g["sy"] - g["pt"] + ky * g["dy"]           # (oh, kh)
+    ix = ox * g["sx"] - g["pl"] + kx * g["dx"]           # (ow, kw)
+    big = 1 << 40
+    # the first input pixel each output pixel reads: smallest valid row, then smallest valid column
+    row = np.where((iy >= 0) & (iy < g["h"]), iy, big).min(axis=1)
+    col = np.where((ix >= 0) & (ix < g["w"]), ix, big).min(axis=1)
+    first_px = np.where((row[:, None] < big) & (col[None, :] < big), row[:, None] * g["w"] + col[None, :], big)
+    lane_off = np.arange(groups) * lanes
+    reads = first_px.reshape(-1, 1) * src.pitch + (lane_off[None, :] if layer.channel_mode else 0 * lane_off[None, :])
+    n_g = np.minimum(layer.n - lane_off, lanes)
+    writes_end = (np.arange(g["oh"] * g["ow"])[:, None] * dst.pitch + lane_off[None, :] + n_g[None, :]).ravel()
+    later = np.minimum.accumulate(reads.ravel()[::-1])[::-1]  # smallest address read by group j or later
+    need = int(np.max(writes_end[:-1] - later[1:], initial=-big))
+    return -(-need // lanes) * lanes
+
+
+def overlaps(layers: list[Layer], views: dict, storages: list[Storage], lanes: int) -> list[tuple]:
+    """(input, output, offset) for every layer whose output may share memory with its dying input (see
+    :func:`in_place_offset`): a single-input layer that is its input's last reader and its output's only
+    writer, reading and writing whole storages."""
+    pairs = []
+    for i, l in enumerate(layers):
+        src, dst = views[l.inputs[0]], views[l.output]
+        if len(l.inputs) != 1 or l.raw or src.offset or dst.offset or src.storage is dst.storage:
+            continue
+        s, d = src.storage, dst.storage
+        writers = [j for j, x in enumerate(layers) if views[x.output].storage is d]
+        if s.last != i or writers != [i] or d.c != l.n:
+            continue
+        pairs.append((s, d, in_place_offset(l, s, d, lanes)))
+    return pairs
+
+
+def _first_fit(items: list, align: int) -> int:
+    """Give every item (``nbytes``, ``first``, ``last``, ``base``) a base address (a multiple of ``align``) so
+    that no two items alive at the same time overlap: largest first, each at the lowest free address.
+    Returns the bytes needed."""
+    placed: list = []
     top = 0
-    for s in sorted(storages, key=lambda s: (-s.nbytes, s.first)):
+    for s in sorted(items, key=lambda s: (-s.nbytes, s.first)):
         busy = sorted((p.base, p.base + p.nbytes) for p in placed if p.first <= s.last and s.first <= p.last)
         addr = 0
         for lo, hi in busy:
@@ -456,12 +500,50 @@ def allocate(storages: list[Storage], align: int) -> int:
     return top
 
 
-def signed_bits(lo: int, hi: int) -> int:
-    """Bits of a two's complement number holding every value in [lo, hi]."""
-    n = 1
-    while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
-        n += 1
-    return n
+@dataclass
+class _Block:
+    """Storages chained by in-place layers, at fixed offsets from each other."""
+    members: list
+    nbytes: int
+    first: int
+    last: int
+    base: int = 0
+
+
+def allocate(storages: list[Storage], align: int, pairs: list[tuple] = ()) -> int:
+    """Give every storage a base address (a multiple of ``align``): storages alive at the same time do not
+    overlap, except an in-place layer's output, which may start ``offset`` bytes below its dying input
+    (``pairs``, see :func:`overlaps`). Takes the in-place layout only where it needs less memory than
+    separate buffers. Returns the bytes needed."""
+    plain = _first_fit(storages, align)
+    if not pairs:
+        return plain
+    plain_bases = [s.base for s in storages]
+    # chains: each storage is the output of at most one pair and the input of at most one
+    nxt = {id(a): (b, off) for a, b, off in pairs}
+    is_out = {id(b) for _, b, _ in pairs}
+    blocks = []
+    for s in storages:
+        if id(s) in is_out:
+            continue
+        members, pos, cur = [(s, 0)], 0, s
+        while id(cur) in nxt:
+            cur, off = nxt[id(cur)]
+            pos -= off
+            members.append((cur, pos))
+        low = min(p for _, p in members)
+        members = [(m, p - low) for m, p in members]
+        blocks.append(_Block(members, max(p + m.nbytes for m, p in members), min(m.first for m, _ in members),
+                             max(m.last for m, _ in members)))
+    top = _first_fit(blocks, align)
+    if top >= plain:
+        for s, b in zip(storages, plain_bases):
+            s.base = b
+        return plain
+    for b in blocks:
+        for m, p in b.members:
+            m.base = b.base + p
+    return top
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -500,7 +582,7 @@ class LayerDescriptor:
     out_pitch: int
     n_last: int        # lanes of the last group holding real outputs
     w_base: int
-    b_base: int
+    b_base: int        # bias memory address of the layer's first output channel
     table_base: int
     per_channel: int
     base_code: int     # as an 8-bit two's complement pattern
@@ -513,18 +595,34 @@ class AccelImage:
     """Contents of every memory and the layer table: the model-specific input of :mod:`rtl_gen`."""
     lanes: int
     w_width: int
-    acc_width: int                  # accumulators, biases and thresholds share this width
+    acc_width: int                  # accumulators (with and without bias), biases and thresholds fit this width
     act_bytes: int                  # activation memory in bytes (a multiple of lanes)
     out_bits: int                   # bits of the threshold search (8 for int8/uint8 codes)
     weight_words: list[list[int]]   # per address: one signed weight per lane
-    bias_words: list[list[int]]     # per group: one signed bias per lane
+    bias_values: list[int]          # one signed bias per output channel (layer by layer, padded to whole groups)
     threshold_stages: list[list[int]]  # stage s holds tables * 2**s entries, address = table * 2**s + prefix
     layers: list[LayerDescriptor] = field(default_factory=list)
     in_len: int = 0
     out_len: int = 0
     in_base: int = 0
     out_base: int = 0
-    b_width: int = 0                # bias memory width per lane (biases are sign-extended to acc_width)
+    b_width: int = 0                # bias memory width (biases are sign-extended to acc_width)
+    tables: list[list[int]] = field(default_factory=list)  # every requantizer table, in table order
+    requantizer: str = "tables"     # how the tables are stored: "tables" (threshold_stages) or "affine"
+
+    @property
+    def affine(self) -> AffineTables:
+        """The tables in affine form (see :mod:`zakid_hw.threshold_tables`)."""
+        if getattr(self, "_affine", None) is None:
+            lim = 1 << (self.acc_width - 1)
+            self._affine = affine_tables([np.asarray(t, np.int64) for t in self.tables], self.out_bits,
+                                         -lim, lim - 1)
+        return self._affine
+
+    @property
+    def requant_latency(self) -> int:
+        """Cycles from the bias stage into the requantizer until its code is written."""
+        return self.out_bits + REQUANT_EXTRA + (self.requantizer == "affine")
 
     @property
     def act_words(self) -> int:
@@ -546,34 +644,32 @@ class AccelImage:
 
     @property
     def threshold_bits(self) -> int:
+        """Block RAM bits of the requantizer's tables in the chosen form."""
+        if self.requantizer == "affine":
+            return self.affine.bits
         return sum(len(s) for s in self.threshold_stages) * self.acc_width
 
 
-def threshold_tree(thresholds: np.ndarray, out_bits: int, sentinel: int) -> list[list[int]]:
-    """Lay one table (T ascending thresholds, T < 2**out_bits) out as binary-search stages, padding the
-    missing top thresholds with ``sentinel`` (a value no accumulator reaches)."""
-    full = np.full(2**out_bits - 1, sentinel, np.int64)
-    full[: len(thresholds)] = thresholds
-    stages = []
-    for s in range(out_bits):
-        step = 2 ** (out_bits - s)
-        stages.append([int(full[p * step + step // 2 - 1]) for p in range(2**s)])
-    return stages
-
-
-def memory_image(program: Program, lanes: int) -> AccelImage:
+def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> AccelImage:
+    """Every memory's contents and the layer table; ``requantizer`` picks the tables' form ("tables" or
+    "affine", see :mod:`zakid_hw.threshold_tables`)."""
     if lanes < 1 or lanes & (lanes - 1):
         raise ZakidError(f"the lane count must be a power of two, got {lanes}")
+    if requantizer not in ("tables", "affine"):
+        raise ZakidError(f"the requantizer form must be tables or affine, got {requantizer!r}")
     layers = program.layers
-    lo = min(min(l.acc_range[0], int(l.thresholds.min(initial=0)), int(l.bias.min())) for l in layers)
-    hi = max(max(l.acc_range[1], int(l.thresholds.max(initial=0)), int(l.bias.max())) for l in layers) + 1
+    # the MAC array sums without the bias; the drain adds it (one bias per output channel)
+    lo = min(min(l.acc_range[0], int(l.thresholds.min(initial=0)), int(l.bias.min()),
+                 l.acc_range[0] - int(l.bias.max())) for l in layers)
+    hi = max(max(l.acc_range[1], int(l.thresholds.max(initial=0)), int(l.bias.max()),
+                 l.acc_range[1] - int(l.bias.min())) for l in layers) + 1
     acc_width = signed_bits(lo, hi)
     sentinel = hi
     w_width = max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in layers)
     # threshold search depth: enough for the layer with the most output levels (8 bits for int8 codes,
     # 2 for 2-bit activations)
     out_bits = max(1, max(int(l.thresholds.shape[1]) for l in layers).bit_length())
-    weight_words, bias_words = [], []
+    weight_words, bias_values, all_tables = [], [], []
     stages = [[] for _ in range(out_bits)]
     descs = []
     tables: dict[bytes, int] = {}  # identical tables (e.g. every max pooling's identity) are stored once
@@ -593,6 +689,7 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
         elif key not in tables:
             tables[key] = n_tables
             for c in range(l.thresholds.shape[0]):
+                all_tables.append([int(v) for v in l.thresholds[c]])
                 for s, entries in enumerate(threshold_tree(l.thresholds[c], out_bits, sentinel)):
                     stages[s].extend(entries)
             n_tables += l.thresholds.shape[0]
@@ -617,34 +714,35 @@ def memory_image(program: Program, lanes: int) -> AccelImage:
             check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], sx=g["sx"], dy=g["dy"], dx=g["dx"],
             h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF,
             out_base=dst.storage.base + dst.offset, out_pitch=dst.storage.pitch,
-            n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_words),
+            n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_values),
             table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
             raw_bytes=dst.storage.value_bytes if l.raw else 0,
             out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1)))
         for gi in range(groups):
             for k in range(l.k):
                 weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
-            bias_words.append([int(v) for v in b[gi * lanes:(gi + 1) * lanes]])
+        bias_values.extend(int(v) for v in b)
     b_width = max(signed_bits(int(l.bias.min(initial=0)), int(l.bias.max(initial=0))) for l in layers)
     return AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
-                      bias_words, stages, descs, program.in_len, program.out_len,
-                      program.in_storage.base, program.out_storage.base, b_width)
+                      bias_values, stages, descs, program.in_len, program.out_len,
+                      program.in_storage.base, program.out_storage.base, b_width, all_tables, requantizer)
 
 
 # --------------------------------------------------------------------------------------------------------
 # cycle model
 
-#: cycles from a group's last MAC step until its first sum enters the requantizer (memory read, MAC input
-#: register, product register, accumulate, copy to the drain), and the requantizer's latency beyond its stages
+#: cycles from a group's last MAC step until its first sum enters the drain (memory read, MAC input
+#: register, product register, accumulate, copy to the drain); then one cycle adds the channel's bias, and
+#: the requantizer takes its stages plus REQUANT_EXTRA
 PIPELINE_TO_DRAIN = 5
-REQUANT_EXTRA = 2
-#: cycles after the last raw byte is written until the layer ends
-RAW_EXTRA = 0
+REQUANT_EXTRA = 3
+#: cycles after the last raw byte leaves the drain until the layer ends (the bias stage)
+RAW_EXTRA = 1
 #: cycles the controller spends loading a layer's descriptor and setting up its counters
 LAYER_SETUP = 2
 
 
-def layer_cycles(desc: LayerDescriptor, lanes: int, out_bits: int) -> int:
+def layer_cycles(desc: LayerDescriptor, image: AccelImage) -> int:
     """Exact cycles the controller spends on one layer (tests check it against RTL simulation).
 
     After its set-up, each group (an output pixel's lane group) costs one cycle to open plus one per
@@ -653,6 +751,7 @@ def layer_cycles(desc: LayerDescriptor, lanes: int, out_bits: int) -> int:
     the drain before the drain is free). Each group's sums reach the drain ``PIPELINE_TO_DRAIN`` cycles
     after its last step and leave it one lane per cycle. After the last group, the drain empties and the
     requantizer finishes."""
+    lanes = image.lanes
     in_flight: list[tuple[int, int]] = []  # (cycle its issue counts, cycle its drain is done) per group
     t = 0
     n_groups = desc.groups
@@ -670,9 +769,9 @@ def layer_cycles(desc: LayerDescriptor, lanes: int, out_bits: int) -> int:
             t = last_step + 1
     if desc.raw_bytes:
         return LAYER_SETUP + t + desc.n_last * per_lane + PIPELINE_TO_DRAIN + RAW_EXTRA
-    return LAYER_SETUP + t + desc.n_last + PIPELINE_TO_DRAIN + out_bits + REQUANT_EXTRA
+    return LAYER_SETUP + t + desc.n_last + PIPELINE_TO_DRAIN + image.requant_latency
 
 
 def cycles_per_inference(image: AccelImage) -> int:
     """Cycles from ``start`` to ``done`` (the core's own counter): the start cycle plus every layer."""
-    return 1 + sum(layer_cycles(d, image.lanes, image.out_bits) for d in image.layers)
+    return 1 + sum(layer_cycles(d, image) for d in image.layers)
