@@ -120,8 +120,11 @@ def main(argv):
         write(out)
     if "--no-accuracy" not in argv:  # all 5000 images: about an hour of RTL simulation on 2 cores
         t0 = time.monotonic()
-        out["mnist8_accuracy"] = mnist8_accuracy()
-        out["mnist8_accuracy"]["wall_s"] = round(time.monotonic() - t0)
+        acc = mnist8_accuracy()
+        acc["wall_s"] = round(time.monotonic() - t0)
+        if "--accuracy-only" in argv:  # the table may have been rewritten meanwhile
+            out = json.loads((ROOT / "bench" / "models_results.json").read_text())
+        out["mnist8_accuracy"] = acc
         write(out)
 
 

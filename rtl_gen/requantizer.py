@@ -15,6 +15,15 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 
+def requantizer_ports(width, tables, tag_width):
+    """The signature both requantizer forms share (their docstrings list the ports)."""
+    return {
+        "i_valid": In(1), "i_acc": In(signed(width)), "i_table": In(max(1, ceil_log2(tables))),
+        "i_base": In(8), "i_tag": In(tag_width),
+        "o_valid": Out(1), "o_code": Out(8), "o_tag": Out(tag_width), "busy": Out(1),
+    }
+
+
 def stage_memories(m, stages, shape):
     """One memory per search stage (named ``thr<s>``); from stage 1 on each word holds the two candidates
     that share a prefix. Returns their synchronous read ports."""
@@ -50,17 +59,7 @@ class ThresholdRequantizer(wiring.Component):
     def __init__(self, *, width, out_bits, stages, tag_width):
         self.width, self.out_bits, self.stages, self.tag_width = width, out_bits, stages, tag_width
         self.tables = len(stages[0])
-        super().__init__({
-            "i_valid": In(1),
-            "i_acc": In(signed(width)),
-            "i_table": In(max(1, ceil_log2(self.tables))),
-            "i_base": In(8),
-            "i_tag": In(tag_width),
-            "o_valid": Out(1),
-            "o_code": Out(8),
-            "o_tag": Out(tag_width),
-            "busy": Out(1),
-        })
+        super().__init__(requantizer_ports(width, self.tables, tag_width))
 
     def elaborate(self, platform):
         m = Module()
@@ -130,17 +129,7 @@ class AffineRequantizer(wiring.Component):
         self.width, self.tables, self.tag_width = width, tables, tag_width
         self.out_bits = tables.out_bits
         self.n_tables = len(tables.consts)
-        super().__init__({
-            "i_valid": In(1),
-            "i_acc": In(signed(width)),
-            "i_table": In(max(1, ceil_log2(self.n_tables))),
-            "i_base": In(8),
-            "i_tag": In(tag_width),
-            "o_valid": Out(1),
-            "o_code": Out(8),
-            "o_tag": Out(tag_width),
-            "busy": Out(1),
-        })
+        super().__init__(requantizer_ports(width, self.n_tables, tag_width))
 
     def elaborate(self, platform):
         m = Module()

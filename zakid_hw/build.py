@@ -164,7 +164,8 @@ def text_report(r: dict) -> str:
         f"  host link:   UART {r['host_link']['baud']} baud, {r['host_link']['transfer_ms']} ms transfer, "
         f"{r['host_link']['inferences_per_s_over_uart']:.0f} inferences/s end to end",
         "  resources:   " + ", ".join(f"{k} {v['used']}/{v['total']}" for k, v in res.items()),
-        f"  memories:    weights in {r['weights_memory'].upper()}, {r['requantizer']} requantizer tables, "
+        f"  memories:    weights in {r['weights_memory'].upper()}, requantizer with "
+        f"{'affine' if r['requantizer'] == 'affine' else 'whole'} threshold tables, "
         f"{r['activation_bytes']} bytes of activations",
         "  layers:",
     ]

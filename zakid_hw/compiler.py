@@ -143,7 +143,8 @@ def fit_check(board: Board, config: AccelConfig, plan: dict, w_bits: int = 8) ->
         detail = ", ".join(f"{n} {m['bits'] / 8192:.1f} KB ({m['ebr']} blocks)" for n, m in biggest)
         problems.append(f"needs {ebr} block RAMs ({sum(m['bits'] for m in plan.values() if m['place'] == 'ebr') / 8192:.1f} KB; "
                         f"largest: {detail}), device {dev.name} has {dev.ebr} ({dev.ebr_bits / 8192:.0f} KB of block RAM"
-                        f"{'; the weights are already in SPRAM' if plan['weights']['place'] == 'spram' else ''})")
+                        f"{'; the weights are already in SPRAM' if plan['weights']['place'] == 'spram' else ''}"
+                        f"{'' if 'lines' in plan else '; --requantizer affine stores the thresholds in far fewer bits'})")
     spram = sum(m["spram"] for m in plan.values())
     if spram > dev.spram:
         problems.append(f"the weights need {spram} SPRAM blocks ({plan['weights']['bits'] / 8192:.1f} KB as "
