@@ -28,7 +28,7 @@ def group_bytes(layer, src, dst, lanes):
 
 
 def check_no_hazard(prog, lanes):
-    pairs = schedule.overlaps(prog.layers, prog.views, prog.storages, lanes)
+    pairs = schedule.overlaps(prog.layers, prog.views, lanes)
     for layer in prog.layers:
         src, dst = prog.views[layer.inputs[0]].storage, prog.views[layer.output].storage
         if not any(a is src and b is dst for a, b, _ in pairs):
@@ -49,7 +49,7 @@ def test_in_place_layers_never_overwrite_what_a_later_group_reads(make, lanes, i
     shared = [a for a, b, _ in pairs if not (a.base + a.nbytes <= b.base or b.base + b.nbytes <= a.base)]
     assert bool(shared) == in_place  # the layout is taken only where it saves memory (cnn_a with 4 lanes)
     # storages alive at the same time overlap only as an in-place pair allows
-    pairs = {(id(a), id(b)) for a, b, _ in schedule.overlaps(prog.layers, prog.views, prog.storages, lanes)}
+    pairs = {(id(a), id(b)) for a, b, _ in schedule.overlaps(prog.layers, prog.views, lanes)}
     ss = prog.storages
     for i, a in enumerate(ss):
         for b in ss[i + 1:]:

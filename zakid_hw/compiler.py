@@ -18,7 +18,6 @@ from . import passes, schedule
 from .errors import ZakidError
 from .ir import Graph
 from .onnx_import import load_model
-from .threshold_tables import signed_bits
 
 #: default clock per device family member: what nextpnr closes for the generated design with margin
 DEFAULT_CLOCK_MHZ = {"up5k": 37.5, "hx8k": 36.0, "hx1k": 36.0}
@@ -108,30 +107,26 @@ def signature_of(image: schedule.AccelImage) -> int:
     return h & 0xFFFFFFFF
 
 
-def weight_bits(program: schedule.Program) -> int:
-    """Bits of the widest weight of any layer (two's complement)."""
-    return max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in program.layers)
-
-
 def lut_lane_lc(w_bits: int) -> int:
     """Logic cells of one shift-and-add MAC lane: a term per weight bit."""
     return math.ceil(LUT_LANE_LC * w_bits / 8)
 
 
-def default_lanes(board: Board, program: schedule.Program) -> tuple[int, int]:
-    """(lanes, dsp_lanes). Weights of at most LUT_WEIGHT_BITS bits multiply in logic cells (a product is
-    a couple of adds, a DSP block would be wasted on it): LOW_BIT_LANES such lanes. Otherwise one lane per
-    DSP block on a device with DSPs (logic-cell lanes cost about LUT_LANE_LC each; ask for them with
-    ``lanes``), 8 logic-cell lanes on a device without."""
+def low_bit(program: schedule.Program) -> bool:
+    """Weights of at most LUT_WEIGHT_BITS bits multiply in logic cells: a product is a couple of adds, a
+    DSP block would be wasted on it."""
+    return program.w_width <= LUT_WEIGHT_BITS
+
+
+def default_lanes(board: Board, program: schedule.Program) -> int:
+    """LOW_BIT_LANES logic-cell lanes for low-bit weights; otherwise one lane per DSP block on a device
+    with DSPs (logic-cell lanes cost about LUT_LANE_LC each; ask for them with ``lanes``), 8 logic-cell
+    lanes on a device without. Never more than twice the widest layer needs."""
     widest = max(l.n for l in program.layers)
-    dsp = board.device.dsp
-    if weight_bits(program) <= LUT_WEIGHT_BITS:
-        lanes, dsp = LOW_BIT_LANES, 0
-    else:
-        lanes = dsp if dsp else 8
+    lanes = LOW_BIT_LANES if low_bit(program) else board.device.dsp or 8
     while lanes > 1 and lanes // 2 >= widest:
         lanes //= 2
-    return lanes, min(dsp, lanes)
+    return lanes
 
 
 def fit_check(board: Board, config: AccelConfig, plan: dict, w_bits: int = 8) -> None:
@@ -174,13 +169,10 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     graph = load_model(model_path, calibration=calibration)
     lowered = passes.lower_for_hardware(graph)
     sketch = schedule.make_program(lowered, 1)  # the layers, before the lane count is known
-    if lanes is None:
-        n_lanes, dsp_lanes = default_lanes(brd, sketch)
-    else:
-        if lanes < 1 or lanes & (lanes - 1):
-            raise ZakidError(f"--lanes must be a power of two (1, 2, 4, 8, 16, ...), got {lanes}")
-        low_bit = weight_bits(sketch) <= LUT_WEIGHT_BITS
-        n_lanes, dsp_lanes = lanes, 0 if low_bit else min(lanes, brd.device.dsp)
+    if lanes is not None and (lanes < 1 or lanes & (lanes - 1)):
+        raise ZakidError(f"--lanes must be a power of two (1, 2, 4, 8, 16, ...), got {lanes}")
+    n_lanes = default_lanes(brd, sketch) if lanes is None else lanes
+    dsp_lanes = 0 if low_bit(sketch) else min(n_lanes, brd.device.dsp)
     program = schedule.make_program(lowered, n_lanes)
     f = DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None else float(clock_mhz)
     f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out

@@ -33,6 +33,7 @@ layer descriptor table (:class:`AccelImage`) that :mod:`rtl_gen` builds from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -171,6 +172,11 @@ class Program:
     def macs(self) -> int:
         return sum(l.macs for l in self.layers)
 
+    @property
+    def w_width(self) -> int:
+        """Bits of the widest weight of any layer (two's complement)."""
+        return max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in self.layers)
+
     def to_codes(self, x: np.ndarray) -> np.ndarray:
         """Host side before the accelerator: model input (one row) -> the input storage's bytes."""
         env = {self.graph.inputs[0]: np.asarray(x).reshape(self.graph.tensors[self.graph.inputs[0]].shape)}
@@ -307,7 +313,7 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
         for t in layer.inputs[1:]:
             if views[t].storage.pitch != views[layer.inputs[0]].storage.pitch:
                 raise ZakidError(f"add node {layer.name!r}: its inputs are stored with different channel layouts")
-    act_bytes = allocate(storages, lanes, overlaps(layers, views, storages, lanes))
+    act_bytes = allocate(storages, lanes, overlaps(layers, views, lanes))
     return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes)
 
 
@@ -456,7 +462,8 @@ def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int) -> int
     col = np.where((ix >= 0) & (ix < g["w"]), ix, big).min(axis=1)
     first_px = np.where((row[:, None] < big) & (col[None, :] < big), row[:, None] * g["w"] + col[None, :], big)
     lane_off = np.arange(groups) * lanes
-    reads = first_px.reshape(-1, 1) * src.pitch + (lane_off[None, :] if layer.channel_mode else 0 * lane_off[None, :])
+    read_off = lane_off if layer.channel_mode else np.zeros_like(lane_off)  # broadcast: every channel
+    reads = first_px.reshape(-1, 1) * src.pitch + read_off[None, :]
     n_g = np.minimum(layer.n - lane_off, lanes)
     writes_end = (np.arange(g["oh"] * g["ow"])[:, None] * dst.pitch + lane_off[None, :] + n_g[None, :]).ravel()
     later = np.minimum.accumulate(reads.ravel()[::-1])[::-1]  # smallest address read by group j or later
@@ -464,7 +471,7 @@ def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int) -> int
     return -(-need // lanes) * lanes
 
 
-def overlaps(layers: list[Layer], views: dict, storages: list[Storage], lanes: int) -> list[tuple]:
+def overlaps(layers: list[Layer], views: dict, lanes: int) -> list[tuple]:
     """(input, output, offset) for every layer whose output may share memory with its dying input (see
     :func:`in_place_offset`): a single-input layer that is its input's last reader and its output's only
     writer, reading and writing whole storages."""
@@ -610,14 +617,11 @@ class AccelImage:
     tables: list[list[int]] = field(default_factory=list)  # every requantizer table, in table order
     requantizer: str = "tables"     # how the tables are stored: "tables" (threshold_stages) or "affine"
 
-    @property
+    @cached_property
     def affine(self) -> AffineTables:
         """The tables in affine form (see :mod:`zakid_hw.threshold_tables`)."""
-        if getattr(self, "_affine", None) is None:
-            lim = 1 << (self.acc_width - 1)
-            self._affine = affine_tables([np.asarray(t, np.int64) for t in self.tables], self.out_bits,
-                                         -lim, lim - 1)
-        return self._affine
+        lim = 1 << (self.acc_width - 1)
+        return affine_tables([np.asarray(t, np.int64) for t in self.tables], self.out_bits, -lim, lim - 1)
 
     @property
     def requant_latency(self) -> int:
@@ -638,17 +642,6 @@ class AccelImage:
         """Bits of one weight memory word: one weight per lane."""
         return self.lanes * self.w_width
 
-    @property
-    def weight_bits(self) -> int:
-        return len(self.weight_words) * self.weight_word_bits
-
-    @property
-    def threshold_bits(self) -> int:
-        """Block RAM bits of the requantizer's tables in the chosen form."""
-        if self.requantizer == "affine":
-            return self.affine.bits
-        return sum(len(s) for s in self.threshold_stages) * self.acc_width
-
 
 def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> AccelImage:
     """Every memory's contents and the layer table; ``requantizer`` picks the tables' form ("tables" or
@@ -665,7 +658,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
                  l.acc_range[1] - int(l.bias.min())) for l in layers) + 1
     acc_width = signed_bits(lo, hi)
     sentinel = hi
-    w_width = max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in layers)
+    w_width = program.w_width
     # threshold search depth: enough for the layer with the most output levels (8 bits for int8 codes,
     # 2 for 2-bit activations)
     out_bits = max(1, max(int(l.thresholds.shape[1]) for l in layers).bit_length())
