@@ -153,30 +153,17 @@ class PllClock(Elaboratable):
         if self.config is None:
             m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_port)
             m.d.comb += [clk.eq(clk_buf.i), lock.eq(1)]
-        elif self.board.pll_primitive == "SB_PLL40_PAD":
-            # The oscillator pin is the PLL's own pad: the PLL takes it without any SB_IO.
-            m.submodules.pll = Instance(
-                "SB_PLL40_PAD",
-                **self.config.instance_params(),
-                io_PACKAGEPIN=clk_port.io,
-                i_RESETB=Const(1),
-                i_BYPASS=Const(0),
-                o_PLLOUTGLOBAL=clk,
-                o_LOCK=lock,
-            )
-        elif self.board.pll_primitive == "SB_PLL40_CORE":
-            m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_port)
-            m.submodules.pll = Instance(
-                "SB_PLL40_CORE",
-                **self.config.instance_params(),
-                i_REFERENCECLK=clk_buf.i,
-                i_RESETB=Const(1),
-                i_BYPASS=Const(0),
-                o_PLLOUTGLOBAL=clk,
-                o_LOCK=lock,
-            )
-        else:  # pragma: no cover - table error
-            raise ValueError(f"unknown PLL primitive {self.board.pll_primitive!r}")
+        else:
+            if self.board.pll_primitive == "SB_PLL40_PAD":
+                # The oscillator pin is the PLL's own pad: the PLL takes it without any SB_IO.
+                ref = {"io_PACKAGEPIN": clk_port.io}
+            elif self.board.pll_primitive == "SB_PLL40_CORE":
+                m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_port)
+                ref = {"i_REFERENCECLK": clk_buf.i}
+            else:  # pragma: no cover - table error
+                raise ValueError(f"unknown PLL primitive {self.board.pll_primitive!r}")
+            m.submodules.pll = Instance(self.board.pll_primitive, **self.config.instance_params(), **ref,
+                                        i_RESETB=Const(1), i_BYPASS=Const(0), o_PLLOUTGLOBAL=clk, o_LOCK=lock)
 
         # No clock constraint is added for `clk`: nextpnr derives the PLL output's frequency from the
         # oscillator's constraint ("Derived frequency constraint of ... for net clk").
