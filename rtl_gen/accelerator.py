@@ -121,52 +121,65 @@ class Accelerator(wiring.Component):
         def word(byte_addr):
             return byte_addr[lg:lg + waw] if lg + waw <= len(byte_addr) else byte_addr[lg:]
 
-        # --- issue: addresses to the memories --------------------------------------------------------
+        # --- stage 0: the controller's step, registered (its address sums stay off the memory inputs) ---
+        s0 = dict(valid=Signal(), first=Signal(), last=Signal(), layer=Signal.like(ctrl.layer),
+                  base=Signal.like(ctrl.o_addr), ch=Signal.like(ctrl.ch_base), n=Signal.like(ctrl.group_n),
+                  inb=Signal(), rd=Signal.like(ctrl.rd_addr), w=Signal.like(ctrl.w_addr))
+        m.d.sync += [s0["valid"].eq(ctrl.issue), s0["first"].eq(ctrl.first), s0["last"].eq(ctrl.issue & ctrl.last),
+                     s0["layer"].eq(ctrl.layer), s0["base"].eq(ctrl.o_addr), s0["ch"].eq(ctrl.ch_base),
+                     s0["n"].eq(ctrl.group_n), s0["inb"].eq(ctrl.rd_valid), s0["rd"].eq(ctrl.rd_addr),
+                     s0["w"].eq(ctrl.w_addr)]
         if self.config.weights_in_spram:
-            m.d.comb += spram.raddr.eq(ctrl.w_addr)
+            m.d.comb += spram.raddr.eq(s0["w"])
         else:
-            m.d.comb += w_rd.addr.eq(ctrl.w_addr)
+            m.d.comb += w_rd.addr.eq(s0["w"])
         m.d.comb += [ctrl.start.eq(self.start),
                      self.busy.eq(ctrl.busy), self.done.eq(ctrl.done)]
         host_rd = Signal(aw)
         m.d.comb += host_rd.eq(self.out_addr + img.out_base)
         rd_byte = Signal(aw)
         with m.If(ctrl.busy):
-            m.d.comb += rd_byte.eq(ctrl.rd_addr)
+            m.d.comb += rd_byte.eq(s0["rd"])
         with m.Else():
             m.d.comb += rd_byte.eq(host_rd)
         m.d.comb += a_rd.addr.eq(word(rd_byte))
-        sel = Signal(max(lg, 1))
-        m.d.sync += sel.eq(rd_byte[:lg] if lg else 0)
+        sel = Signal(max(lg, 1))  # the byte within the word read (last cycle's address)
+        sel_next = Signal.like(sel)
+        m.d.comb += sel_next.eq(rd_byte[:lg] if lg else 0)
+        m.d.sync += sel.eq(sel_next)
         rd_bytes = Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))
         m.d.comb += self.out_data.eq(rd_bytes[sel])
 
-        # --- stage 1: memory data -> MAC array -------------------------------------------------------
-        s1 = dict(valid=Signal(), first=Signal(), last=Signal(), layer=Signal.like(ctrl.layer),
-                  base=Signal.like(ctrl.o_addr), ch=Signal.like(ctrl.ch_base), n=Signal.like(ctrl.group_n))
-        inb = Signal()
-        m.d.sync += [s1["valid"].eq(ctrl.issue), s1["first"].eq(ctrl.first), s1["last"].eq(ctrl.issue & ctrl.last),
-                     s1["layer"].eq(ctrl.layer), s1["base"].eq(ctrl.o_addr), s1["ch"].eq(ctrl.ch_base),
-                     s1["n"].eq(ctrl.group_n), inb.eq(ctrl.rd_valid)]
-        lay = s1["layer"]
+        # --- stage 1: the memories read; stage 2: their data, registered (block RAM spread over many
+        # blocks reaches the lanes through a multiplexer tree; a register here keeps it off the MAC path) ---
+        s1 = {k: Signal.like(v, name=f"s1_{k}") for k, v in s0.items() if k not in ("rd", "w")}
+        m.d.sync += [s1[k].eq(s0[k]) for k in s1]
+        s1["sel"] = sel
+        s2 = {k: Signal.like(v, name=f"s2_{k}") for k, v in s1.items()}
+        m.d.sync += [s2[k].eq(v) for k, v in s1.items()]
+        word_q = Signal.like(a_rd.data)
+        w_q = Signal(w_layout)
+        m.d.sync += [word_q.eq(a_rd.data), w_q.eq(w_rd if self.config.weights_in_spram else w_rd.data)]
+        lay = s2["layer"]
+        q_bytes = Array(word_q[8 * i: 8 * i + 8] for i in range(L))
 
         def extend(code):
             return Mux(in_signed[lay], code.as_signed(), code)
 
         for lane in range(L):
             code = Signal(8, name=f"code{lane}")
-            with m.If(~inb):
+            with m.If(~s2["inb"]):
                 m.d.comb += code.eq(pad_code[lay])
             with m.Elif(chan[lay]):
-                m.d.comb += code.eq(rd_bytes[lane])
+                m.d.comb += code.eq(q_bytes[lane])
             with m.Else():
-                m.d.comb += code.eq(rd_bytes[sel])
+                m.d.comb += code.eq(q_bytes[s2["sel"]])
             m.d.comb += macs.x[lane].eq(extend(code))
-        m.d.comb += [macs.w.eq(w_rd if self.config.weights_in_spram else w_rd.data), macs.valid.eq(s1["valid"]),
-                     macs.first.eq(s1["first"]), macs.is_max.eq(is_max[lay])]
+        m.d.comb += [macs.w.eq(w_q), macs.valid.eq(s2["valid"]),
+                     macs.first.eq(s2["first"]), macs.is_max.eq(is_max[lay])]
 
         # the group's sums are final three cycles after its last step entered the MAC array
-        delay = [s1]
+        delay = [{k: s2[k] for k in ("last", "n", "base", "ch", "layer")}]
         for i in range(3):
             prev = delay[-1]
             nxt = {k: Signal.like(v, name=f"d{i}_{k}") for k, v in prev.items()}

@@ -78,36 +78,43 @@ class Controller(wiring.Component):
         overlap_ok = Array(C(int(x.k >= L * max(1, x.raw_bytes)), 1) for x in d)
         cfg_overlap = Signal()
 
-        # loop counters and running addresses
+        # Loop state. Each loop level has a down-counter of the steps left and a registered flag that says
+        # the level is at its last index: the flags are computed a cycle ahead (from the counter, or from
+        # the layer table when the level restarts), so the issue logic below only looks at registers.
+        zero = {n: Array(C(int(getattr(x, n) == 1), 1) for x in d) for n in LOOP_COUNTS}
+        cfg_zero = {n: Signal(name=f"cfg_{n}_zero") for n in LOOP_COUNTS}
+        rem = {n: Signal(aw, name=f"rem_{n}") for n in LOOP_COUNTS}
+        end = {n: Signal(name=f"end_{n}") for n in LOOP_COUNTS}
+
+        def restart(n):
+            return [rem[n].eq(cfg[n]), end[n].eq(cfg_zero[n])]
+
+        def step(n):
+            return [rem[n].eq(rem[n] - 1), end[n].eq(rem[n] == 1)]
+
         ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1))
-        kx, ky = Signal(signed(cw)), Signal(signed(cw))
-        g, ox, oy = Signal(signed(aw)), Signal(signed(cw)), Signal(signed(cw))
         a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n) for n in ("a_line", "a_px", "a_ky", "a_kx"))
         iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
         goff = Signal(self.ch_width)
         o_pix, ooff = Signal(signed(aw)), Signal(signed(aw))
+        first = Signal()  # the next step starts a group
 
-        last_ci = ci == cfg["ci"]
-        last_kx = kx == cfg["kw"]
-        last_ky = ky == cfg["kh"]
-        last_g = g == cfg["groups"]
-        last_ox = ox == cfg["ow"]
-        last_oy = oy == cfg["oh"]
         inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
+        group_end = end["ci"] & end["kw"] & end["kh"]
 
         m.d.comb += [
-            self.first.eq((ci == 0) & (kx == 0) & (ky == 0)),
-            self.last.eq(last_ci & last_kx & last_ky),
+            self.first.eq(first),
+            self.last.eq(group_end),
             self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci)),
             self.rd_valid.eq(~cfg["check"][0] | inside),
             self.o_addr.eq(o_pix + ooff),
             self.ch_base.eq(goff),
-            self.group_n.eq(Mux(last_g, cfg["n_last"], L)),
+            self.group_n.eq(Mux(end["groups"], cfg["n_last"], L)),
         ]
         m.d.sync += self.done.eq(0)
 
         def init_layer():
-            return [ci.eq(0), kx.eq(0), ky.eq(0), g.eq(0), ox.eq(0), oy.eq(0),
+            return [ci.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n)),
                     a_line.eq(cfg["start"]), a_px.eq(cfg["start"]), a_ky.eq(cfg["start"]), a_kx.eq(cfg["start"]),
                     iy_px.eq(cfg["iy0"]), ix_px.eq(cfg["ix0"]), iy_k.eq(cfg["iy0"]), ix_k.eq(cfg["ix0"]),
                     goff.eq(0), ooff.eq(0), o_pix.eq(cfg["out_base"]), self.w_addr.eq(cfg["w_base"])]
@@ -119,6 +126,7 @@ class Controller(wiring.Component):
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.sync += [cfg[f].eq(table[f][self.layer]) for f in FIELDS]
+                m.d.sync += [cfg_zero[n].eq(zero[n][self.layer]) for n in LOOP_COUNTS]
                 m.d.sync += cfg_overlap.eq(overlap_ok[self.layer])
                 m.next = "INIT"
             with m.State("INIT"):
@@ -129,29 +137,31 @@ class Controller(wiring.Component):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += self.issue.eq(1)
-                m.d.sync += self.w_addr.eq(self.w_addr + 1)
-                with m.If(~last_ci):
-                    m.d.sync += ci.eq(ci + 1)
-                with m.Elif(~last_kx):
-                    m.d.sync += [ci.eq(0), kx.eq(kx + 1), a_kx.eq(a_kx + cfg["inc_kx"]), ix_k.eq(ix_k + cfg["dx"])]
-                with m.Elif(~last_ky):
-                    m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(ky + 1), a_ky.eq(a_ky + cfg["inc_ky"]),
-                                 a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px), iy_k.eq(iy_k + cfg["dy"])]
+                m.d.sync += [self.w_addr.eq(self.w_addr + 1), first.eq(group_end)]
+                with m.If(~end["ci"]):
+                    m.d.sync += [ci.eq(ci + 1), *step("ci")]
+                with m.Elif(~end["kw"]):
+                    m.d.sync += [ci.eq(0), *restart("ci"), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
+                                 ix_k.eq(ix_k + cfg["dx"])]
+                with m.Elif(~end["kh"]):
+                    m.d.sync += [ci.eq(0), *restart("ci"), *restart("kw"), *step("kh"),
+                                 a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
+                                 iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
-                    m.d.sync += [ci.eq(0), kx.eq(0), ky.eq(0)]
+                    m.d.sync += [ci.eq(0), *restart("ci"), *restart("kw"), *restart("kh")]
                     m.next = "GROUP"
-                    with m.If(~last_g):
-                        m.d.sync += [g.eq(g + 1), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]), a_ky.eq(a_px), a_kx.eq(a_px),
-                                     iy_k.eq(iy_px), ix_k.eq(ix_px)]
+                    with m.If(~end["groups"]):
+                        m.d.sync += [*step("groups"), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]),
+                                     a_ky.eq(a_px), a_kx.eq(a_px), iy_k.eq(iy_px), ix_k.eq(ix_px)]
                     with m.Else():
-                        m.d.sync += [g.eq(0), goff.eq(0), ooff.eq(0), self.w_addr.eq(cfg["w_base"]),
+                        m.d.sync += [*restart("groups"), goff.eq(0), ooff.eq(0), self.w_addr.eq(cfg["w_base"]),
                                      o_pix.eq(o_pix + cfg["out_pitch"])]
-                        with m.If(~last_ox):
-                            m.d.sync += [ox.eq(ox + 1), a_px.eq(a_px + cfg["inc_ox"]),
+                        with m.If(~end["ow"]):
+                            m.d.sync += [*step("ow"), a_px.eq(a_px + cfg["inc_ox"]),
                                          a_ky.eq(a_px + cfg["inc_ox"]), a_kx.eq(a_px + cfg["inc_ox"]),
                                          ix_px.eq(ix_px + cfg["sx"]), ix_k.eq(ix_px + cfg["sx"]), iy_k.eq(iy_px)]
-                        with m.Elif(~last_oy):
-                            m.d.sync += [ox.eq(0), oy.eq(oy + 1), a_line.eq(a_line + cfg["inc_oy"]),
+                        with m.Elif(~end["oh"]):
+                            m.d.sync += [*restart("ow"), *step("oh"), a_line.eq(a_line + cfg["inc_oy"]),
                                          a_px.eq(a_line + cfg["inc_oy"]), a_ky.eq(a_line + cfg["inc_oy"]),
                                          a_kx.eq(a_line + cfg["inc_oy"]), ix_px.eq(cfg["ix0"]),
                                          ix_k.eq(cfg["ix0"]), iy_px.eq(iy_px + cfg["sy"]),

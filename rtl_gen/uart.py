@@ -129,31 +129,32 @@ class UartTx(wiring.Component):
 
         busy = Signal()
         timer = Signal(range(d))
+        bit_end = Signal()  # timer == 0, kept in a register (set a cycle ahead) to keep ``ready`` shallow
         bits_left = Signal(range(10))  # bits still to put on the line after the current one
+        last_bit = Signal()  # bits_left == 0, likewise
         shreg = Signal(9)  # data bits then the stop bit, LSB first
 
-        last_cycle = busy & (timer == 0) & (bits_left == 0)
-        m.d.comb += self.ready.eq(~busy | last_cycle)
+        m.d.comb += self.ready.eq(~busy | (bit_end & last_bit))
 
         with m.If(self.valid & self.ready):
             m.d.sync += [
                 busy.eq(1),
                 self.tx.eq(0),  # start bit
                 shreg.eq(Cat(self.data, Const(1, 1))),
-                bits_left.eq(9),
-                timer.eq(d - 1),
+                bits_left.eq(9), last_bit.eq(0),
+                timer.eq(d - 1), bit_end.eq(0),
             ]
         with m.Elif(busy):
-            with m.If(timer == 0):
-                with m.If(bits_left == 0):
+            with m.If(bit_end):
+                with m.If(last_bit):
                     m.d.sync += busy.eq(0)  # tx is already high (stop bit)
                 with m.Else():
                     m.d.sync += [
                         self.tx.eq(shreg[0]),
                         shreg.eq(shreg >> 1),
-                        bits_left.eq(bits_left - 1),
-                        timer.eq(d - 1),
+                        bits_left.eq(bits_left - 1), last_bit.eq(bits_left == 1),
+                        timer.eq(d - 1), bit_end.eq(0),
                     ]
             with m.Else():
-                m.d.sync += timer.eq(timer - 1)
+                m.d.sync += [timer.eq(timer - 1), bit_end.eq(timer == 1)]
         return m

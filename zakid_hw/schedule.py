@@ -724,10 +724,10 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
 # --------------------------------------------------------------------------------------------------------
 # cycle model
 
-#: cycles from a group's last MAC step until its first sum enters the drain (memory read, MAC input
-#: register, product register, accumulate, copy to the drain); then one cycle adds the channel's bias, and
+#: cycles from a group's last MAC step until its first sum enters the drain (step register, memory read,
+#: read data register, MAC input register, product register, accumulate, copy to the drain); then one cycle adds the channel's bias, and
 #: the requantizer takes its stages plus REQUANT_EXTRA
-PIPELINE_TO_DRAIN = 5
+PIPELINE_TO_DRAIN = 7
 REQUANT_EXTRA = 3
 #: cycles after the last raw byte leaves the drain until the layer ends (the bias stage)
 RAW_EXTRA = 1
