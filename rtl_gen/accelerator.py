@@ -99,7 +99,7 @@ class Accelerator(wiring.Component):
         m.submodules.ctrl = ctrl = Controller(descriptors=descs, lanes=L, w_depth=len(img.weight_words),
                                               act_bytes=img.act_bytes)
         m.submodules.macs = macs = MacArray(lanes=L, dsp_lanes=self.config.dsp_lanes, w_width=img.w_width,
-                                            acc_width=img.acc_width)
+                                            acc_width=img.acc_width, dsp_pack=self.config.dsp_pack)
         aw = ctrl.addr_width
         if img.requantizer == "affine":
             rq = AffineRequantizer(width=img.acc_width, tables=img.affine, tag_width=aw)
@@ -163,8 +163,8 @@ class Accelerator(wiring.Component):
         lay = s2["layer"]
         q_bytes = Array(word_q[8 * i: 8 * i + 8] for i in range(L))
 
-        def extend(code):
-            return Mux(in_signed[lay], code.as_signed(), code)
+        def centered(code):  # an int8 code as it is; a uint8 code minus 128 (see schedule.CENTER)
+            return Mux(in_signed[lay], code, code ^ 0x80).as_signed()
 
         for lane in range(L):
             code = Signal(8, name=f"code{lane}")
@@ -174,7 +174,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += code.eq(q_bytes[lane])
             with m.Else():
                 m.d.comb += code.eq(q_bytes[s2["sel"]])
-            m.d.comb += macs.x[lane].eq(extend(code))
+            m.d.comb += macs.x[lane].eq(centered(code))
         m.d.comb += [macs.w.eq(w_q), macs.valid.eq(s2["valid"]),
                      macs.first.eq(s2["first"]), macs.is_max.eq(is_max[lay])]
 

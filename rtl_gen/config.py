@@ -10,8 +10,10 @@ class AccelConfig:
     """How to build the accelerator, independent of the model.
 
     lanes:        MAC lanes, i.e. output neurons computed in parallel.
-    dsp_lanes:    how many of them multiply in a DSP block (SB_MAC16, inferred by Yosys); the others use
-                  shift-and-add multipliers in logic cells. 0 on devices without DSPs.
+    dsp_lanes:    how many of them multiply in DSP blocks (SB_MAC16); the others use shift-and-add
+                  multipliers in logic cells. 0 on devices without DSPs.
+    dsp_pack:     lanes per DSP block: 1 (a 16x16 multiplier inferred by Yosys) or 2 (SB_MAC16 instantiated
+                  in its two-8x8 mode, for weights of at most 8 bits; see :mod:`rtl_gen.dsp`).
     clock_mhz:    the clock the design runs at (the PLL output, or the board oscillator).
     uart_divisor: clock cycles per UART bit (clock / baud); simulation uses a small one.
     weights_in_spram: keep the weights in SPRAM (iCE40 UP5K), loaded from SPI flash at start-up by
@@ -21,6 +23,7 @@ class AccelConfig:
 
     lanes: int = 8
     dsp_lanes: int = 8
+    dsp_pack: int = 1
     clock_mhz: float = 12.0
     uart_divisor: int = 104
     weights_in_spram: bool = False
@@ -31,5 +34,18 @@ class AccelConfig:
             raise ValueError("lanes must be at least 1")
         if not 0 <= self.dsp_lanes <= self.lanes:
             raise ValueError("dsp_lanes must lie between 0 and lanes")
+        if self.dsp_pack not in (1, 2) or self.dsp_lanes % self.dsp_pack:
+            raise ValueError("dsp_pack must be 1 or 2, and divide dsp_lanes")
         if self.uart_divisor < 4:
             raise ValueError("uart_divisor must be at least 4")
+
+    @property
+    def dsp_blocks(self) -> int:
+        """DSP blocks the MAC lanes use."""
+        return self.dsp_lanes // self.dsp_pack
+
+    @property
+    def primitives(self) -> bool:
+        """The design instantiates iCE40 primitives (SPRAM, SB_MAC16) that Verilator simulates with Yosys's
+        models (:func:`rtl_gen.spram.ice40_sim_models`)."""
+        return self.weights_in_spram or self.dsp_pack == 2

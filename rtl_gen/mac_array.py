@@ -4,7 +4,9 @@ from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-X_WIDTH = 9  # an int8 or uint8 activation code, sign- or zero-extended
+from .dsp import DualMul8
+
+X_WIDTH = 8  # an int8 activation code (uint8 codes arrive centred, see zakid_hw.schedule.CENTER)
 
 
 def shift_add_product(x, w, w_width):
@@ -19,7 +21,7 @@ class MacArray(wiring.Component):
     (the bias is added later, one output at a time, in the accelerator's drain).
 
     Ports:
-        x:      in, one signed(9) activation per lane (the same code in every lane for a broadcast layer).
+        x:      in, one signed(8) activation per lane (the same code in every lane for a broadcast layer).
         w:      in, one signed(w_width) weight per lane.
         valid:  in, 1: take the product of ``x`` and ``w`` this cycle.
         first:  in, 1: this product starts a new sum (the accumulator restarts from zero).
@@ -27,12 +29,18 @@ class MacArray(wiring.Component):
         acc:    out, one signed(acc_width) accumulator per lane; a product entered in cycle t is included
                 from cycle t+3 on (input register, product register, accumulator).
 
-    Lanes ``0 .. dsp_lanes-1`` use an inferred multiplier (SB_MAC16 on iCE40 UP5K); the rest use
-    :func:`shift_add_product`.
+    Lanes ``0 .. dsp_lanes-1`` multiply in DSP blocks: with ``dsp_pack=1`` an inferred multiplier each
+    (Yosys maps it to one SB_MAC16 on iCE40 UP5K), with ``dsp_pack=2`` two lanes per SB_MAC16 in its
+    two-8x8 mode (:class:`rtl_gen.dsp.DualMul8`, weights of at most 8 bits). The other lanes use
+    :func:`shift_add_product`. ``primitive=False`` models the SB_MAC16 for Amaranth's simulator.
     """
 
-    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width):
+    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width, dsp_pack=1, primitive=True):
+        if dsp_pack not in (1, 2) or (dsp_pack == 2 and (w_width > 8 or dsp_lanes % 2)):
+            raise ValueError(f"dsp_pack={dsp_pack} needs 1, or 2 with weights of at most 8 bits and an even "
+                             f"number of DSP lanes (w_width={w_width}, dsp_lanes={dsp_lanes})")
         self.lanes, self.dsp_lanes, self.w_width, self.acc_width = lanes, dsp_lanes, w_width, acc_width
+        self.dsp_pack, self.primitive = dsp_pack, primitive
         super().__init__({
             "x": In(data.ArrayLayout(signed(X_WIDTH), lanes)),
             "w": In(data.ArrayLayout(signed(w_width), lanes)),
@@ -52,10 +60,19 @@ class MacArray(wiring.Component):
                      first_i.eq(self.first), max_i.eq(self.is_max)]
         valid_d, first_d, max_d = Signal(), Signal(), Signal()
         m.d.sync += [valid_d.eq(valid_i), first_d.eq(first_i), max_d.eq(max_i)]
+        prods = [Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}") for lane in range(self.lanes)]
+        if self.dsp_pack == 2:
+            # input and product registers inside the DSP block: the same two cycles as below
+            for pair in range(self.dsp_lanes // 2):
+                lo, hi = 2 * pair, 2 * pair + 1
+                m.submodules[f"dsp{pair}"] = dsp = DualMul8(primitive=self.primitive)
+                m.d.comb += [dsp.a0.eq(self.x[lo]), dsp.a1.eq(self.x[hi]), dsp.b0.eq(self.w[lo]),
+                             dsp.b1.eq(self.w[hi]), prods[lo].eq(dsp.p0), prods[hi].eq(dsp.p1)]
         for lane in range(self.lanes):
-            prod = Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}")
+            prod = prods[lane]
             if lane < self.dsp_lanes:
-                m.d.sync += prod.eq(x[lane] * w[lane])
+                if self.dsp_pack == 1:
+                    m.d.sync += prod.eq(x[lane] * w[lane])
             else:
                 m.d.sync += prod.eq(shift_add_product(x[lane], w[lane], self.w_width))
             acc = self.acc[lane]

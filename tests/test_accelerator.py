@@ -5,6 +5,7 @@ import pytest
 
 from rtl_gen.accelerator import Accelerator
 from rtl_gen.config import AccelConfig
+from rtl_gen.spram import ice40_sim_models
 from sim.runner import simulate
 from test_passes import mlp_graph
 from zakid_hw import passes, schedule
@@ -14,27 +15,31 @@ from zakid_hw.simulate import signed_codes
 
 def run_core(program, config, rows, tmp_path, requantizer="tables"):
     image = schedule.memory_image(program, config.lanes, requantizer)
+    extra = [ice40_sim_models()] if config.primitives else []
     res = simulate(Accelerator(config, image), name="accel_core", test_module="core_bench",
-                   test_dir="sim/benches", build_dir=tmp_path / "sim",
+                   test_dir="sim/benches", build_dir=tmp_path / "sim", extra_sources=extra,
                    parameters={"rows": [list(map(int, r)) for r in rows], "out_len": program.out_len})
     return res
 
 
-@pytest.mark.parametrize("lanes,dsp_lanes,x_dtype,h_dtype,per_channel,requantizer", [
-    (8, 8, "uint8", "int8", False, "tables"),
-    (4, 1, "int8", "uint8", True, "affine"),
-    (16, 8, "int8", "int8", True, "tables"),
+@pytest.mark.parametrize("lanes,dsp_lanes,dsp_pack,x_dtype,h_dtype,per_channel,requantizer", [
+    (8, 8, 1, "uint8", "int8", False, "tables"),
+    (4, 1, 1, "int8", "uint8", True, "affine"),
+    (16, 8, 1, "int8", "int8", True, "tables"),
+    (16, 12, 2, "uint8", "uint8", True, "tables"),  # 6 SB_MAC16 in two-8x8 mode, 4 logic-cell lanes
 ])
-def test_core_matches_golden(lanes, dsp_lanes, x_dtype, h_dtype, per_channel, requantizer, tmp_path):
+def test_core_matches_golden(lanes, dsp_lanes, dsp_pack, x_dtype, h_dtype, per_channel, requantizer, tmp_path):
     rng = np.random.default_rng(lanes)
     g = passes.lower_for_hardware(mlp_graph(rng, widths=(13, 30, 5), x_dtype=x_dtype, h_dtype=h_dtype,
-                                            per_channel=per_channel, w_zp=2))
+                                            per_channel=per_channel,
+                                            w_zp=2 if dsp_pack == 1 else 0))  # int8 weights for 8x8 products
     prog = schedule.make_program(g)
     lo, hi = dtype_range(x_dtype)
     rows = rng.integers(lo, hi + 1, (12, prog.in_len))
     rows[0] = lo
     rows[1] = hi
-    res = run_core(prog, AccelConfig(lanes=lanes, dsp_lanes=dsp_lanes), rows, tmp_path, requantizer)
+    res = run_core(prog, AccelConfig(lanes=lanes, dsp_lanes=dsp_lanes, dsp_pack=dsp_pack), rows, tmp_path,
+                   requantizer)
     got = signed_codes(res["outputs"], h_dtype)
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)

@@ -81,3 +81,11 @@ def test_build_example_to_bitstream(tmp_path):
     assert sum(l["cycles"] for l in rep["layers"]) + 1 == rep["cycles_per_inference"]
     assert rep["latency_us"] == pytest.approx(rep["cycles_per_inference"] / rep["clock_mhz"], rel=1e-3)
     assert [p.name for p in tmp_path.joinpath("build").iterdir()] == ["digits_mlp_int8"]  # no temp folders left
+    # the exploration took the fastest design: 16 int8 lanes, two per SB_MAC16
+    assert (rep["mac_lanes"], rep["dsp_lanes"], rep["dsp_pack"]) == (16, 16, 2)
+    assert rep["resources"]["dsp"]["used"] == 8
+    # the cost model's predictions against this real build (issue 4: within 15%)
+    pred = rep["exploration"]["predicted_resources"]
+    for k in ("lc", "ebr"):
+        assert abs(pred[k] - rep["resources"][k]["used"]) <= 0.15 * rep["resources"][k]["used"], (k, pred, rep["resources"])
+    assert pred["dsp"] == rep["resources"]["dsp"]["used"] and pred["spram"] == rep["resources"]["spram"]["used"]

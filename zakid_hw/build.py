@@ -15,7 +15,7 @@ from boards.top import BoardTop
 from rtl_gen.accelerator import weight_flash_bytes
 from rtl_gen.system import AcceleratorSystem
 
-from . import schedule
+from . import cost_model, schedule
 from .compiler import Compiled
 from .errors import ZakidError
 from .flash_image import WEIGHTS_OFFSET, flash_image
@@ -23,12 +23,12 @@ from .simulate import simulate_codes, verification_rows
 from .synth import build_bitstream
 
 
-def build(compiled: Compiled, out_dir, *, seed=None, calibration_path=None, log=print) -> dict:
+def build(compiled: Compiled, out_dir, *, seed=None, seeds=1, calibration_path=None, log=print) -> dict:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        report = _build_into(compiled, tmp, seed=seed, calibration_path=calibration_path, log=log)
+        report = _build_into(compiled, tmp, seed=seed, seeds=seeds, calibration_path=calibration_path, log=log)
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             out_dir.rename(old / "x")
@@ -41,7 +41,16 @@ def build(compiled: Compiled, out_dir, *, seed=None, calibration_path=None, log=
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build_into(compiled: Compiled, out: Path, *, seed, calibration_path, log) -> dict:
+def seed_list(seed, seeds: int) -> list:
+    """nextpnr seeds to try: ``seeds`` of them from ``seed`` (or 1) on; [None] (nextpnr's default) for one
+    run without a seed."""
+    if seeds <= 1:
+        return [seed]
+    first = 1 if seed is None else seed
+    return list(range(first, first + seeds))
+
+
+def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path, log) -> dict:
     c = compiled
     name = Path(c.model_path).stem
     log(f"[1/3] RTL simulation: checking the generated design against the golden model")
@@ -60,9 +69,21 @@ def _build_into(compiled: Compiled, out: Path, *, seed, calibration_path, log) -
 
     log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz")
 
+    tried = []  # (seed, Fmax) of every place-and-route run
+
     def place_and_route(c):
-        top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
-        return build_bitstream(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seed=seed, name=name)
+        best = None
+        for s in seed_list(seed, seeds):
+            hw = out / "hw" if s is None or seeds <= 1 else out / f"hw-seed{s}"
+            top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
+            r = build_bitstream(top, c.board, hw, f_mhz=c.config.clock_mhz, seed=s, name=name)
+            tried.append({"seed": s, "clock_mhz": c.config.clock_mhz,
+                          "fmax_mhz": round(r.fmax_mhz, 2) if r.fmax_mhz else None})
+            if seeds > 1:
+                log(f"      seed {s}: Fmax {r.fmax_mhz:.2f} MHz")
+            if best is None or (r.fmax_mhz or 0) > (best.fmax_mhz or 0):
+                best = r
+        return best
 
     synth = place_and_route(c)
     for _ in range(3):
@@ -91,6 +112,7 @@ def _build_into(compiled: Compiled, out: Path, *, seed, calibration_path, log) -
 
     log("[3/3] Report")
     report = make_report(c, cycles[0], synth, len(rows))
+    report["place_and_route_runs"] = tried
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.txt").write_text(text_report(report))
     return report
@@ -105,6 +127,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
     res = {k: {"used": v.used, "total": v.total} for k, v in synth.resources.items()
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
+    fed = cost_model.fed_lanes(c.config, c.image, c.memories)
     for l, d in zip(c.program.layers, c.image.layers):
         g = l.geometry
         layers.append({"name": l.name, "op": l.kind, "input": [g["c_in"], g["h"], g["w"]],
@@ -112,6 +135,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
                        "macs": l.macs, "mac_bound_cycles": -(-l.macs // c.image.lanes),
                        "lane_groups": d.groups * d.oh * d.ow,
                        "cycles": schedule.layer_cycles(d, c.image),
+                       "roofline_cycles": cost_model.layer_roofline(l.macs, fed),
                        "input_type": l.in_dtype, "output_type": l.out_dtype,
                        "requantizer_tables": int(l.thresholds.shape[0])})
     return {
@@ -124,6 +148,11 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "macs": c.program.macs,
         "mac_lanes": c.config.lanes,
         "dsp_lanes": c.config.dsp_lanes,
+        "dsp_pack": c.config.dsp_pack,
+        "exploration": {"objective": c.objective, "configurations": len(c.designs),
+                        "fitting": sum(d.fits for d in c.designs), "predicted_resources": c.predicted},
+        "roofline_cycles": sum(l["roofline_cycles"] for l in layers),
+        "device_limit_cycles": -(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
         "cycles_per_inference": cycles,
         "mac_bound_cycles": -(-c.program.macs // c.config.lanes),
         "clock_mhz": round(clock, 3),
@@ -157,10 +186,16 @@ def text_report(r: dict) -> str:
     lines = [
         f"zakid-hw build of {r['model']} for {r['board']} ({r['device']})",
         f"  model:       {r['macs']} MACs in {len(r['layers'])} layers ({r['source_format']})",
-        f"  accelerator: {r['mac_lanes']} MAC lanes ({r['dsp_lanes']} in DSPs), clock {r['clock_mhz']} MHz "
+        f"  accelerator: {r['mac_lanes']} MAC lanes ({r['dsp_lanes']} in DSPs"
+        f"{', two per SB_MAC16' if r.get('dsp_pack') == 2 else ''}), clock {r['clock_mhz']} MHz "
         f"(Fmax {r['fmax_mhz']} MHz{'' if r['timing_met'] else ', TIMING NOT MET'})",
         f"  speed:       {r['cycles_per_inference']} cycles = {r['latency_us']} us per inference, "
-        f"{r['inferences_per_s']:.0f} inferences/s (MAC bound {r['mac_bound_cycles']} cycles)",
+        f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, device limit "
+        f"{r['device_limit_cycles']})",
+        f"  chosen:      {'fastest' if r['exploration']['objective'] == 'latency' else 'smallest'} of "
+        f"{r['exploration']['fitting']} fitting configurations of "
+        f"{r['exploration']['configurations']} (objective {r['exploration']['objective']}; "
+        f"'zakid-hw explore' lists them)",
         f"  host link:   UART {r['host_link']['baud']} baud, {r['host_link']['transfer_ms']} ms transfer, "
         f"{r['host_link']['inferences_per_s_over_uart']:.0f} inferences/s end to end",
         "  resources:   " + ", ".join(f"{k} {v['used']}/{v['total']}" for k, v in res.items()),

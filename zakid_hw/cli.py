@@ -23,7 +23,12 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fpga", default="ice40", help="FPGA family (ice40)")
     p.add_argument("--device", help="device: up5k (default), hx8k, hx1k")
     p.add_argument("--board", help="board: icebreaker (default for up5k), ice40-hx8k-b-evn, icestick")
-    p.add_argument("--lanes", type=int, help="MAC lanes (default: sized to the device)")
+    p.add_argument("--lanes", type=int, help="MAC lanes (default: chosen by the design-space exploration)")
+    p.add_argument("--dsp-pack", type=int, choices=(1, 2),
+                   help="int8 products per DSP block: 1 (inferred 16x16 multiplier) or 2 (SB_MAC16 in its "
+                        "two-8x8 mode; weights of at most 8 bits); default: chosen by the exploration")
+    p.add_argument("--objective", choices=("latency", "area"), default="latency",
+                   help="what the exploration minimises among the configurations that fit (default latency)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="clock frequency (default: per device)")
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
     p.add_argument("--weights", choices=("auto", "ebr", "spram"), default="auto",
@@ -43,6 +48,14 @@ def parser() -> argparse.ArgumentParser:
     model_options(b)
     b.add_argument("--out", help="output folder (default build/<model name>)")
     b.add_argument("--seed", type=int, help="nextpnr placement seed")
+    b.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="place and route with N seeds (1..N, or from --seed on) and keep the fastest")
+    e = sub.add_parser("explore", help="cost every configuration for a device; print the Pareto front "
+                                       "(latency vs logic cells) as a table and an SVG plot")
+    e.add_argument("model", help="ONNX model file")
+    model_options(e)
+    e.add_argument("--plot", metavar="FILE.svg", help="where to write the plot (default <model>.pareto.svg)")
+    e.add_argument("--all", action="store_true", help="list every configuration, not only the Pareto front")
     s = sub.add_parser("sim", help="run the generated RTL in simulation (cocotb + Verilator)")
     s.add_argument("model", help="ONNX model file")
     model_options(s)
@@ -87,15 +100,18 @@ def compile_from_args(a, model):
     from .compiler import compile_model
     calib = load_npy(a.calibration, "calibration") if a.calibration else None
     return compile_model(model, calibration=calib, fpga=a.fpga, device=a.device, board=a.board,
-                         lanes=a.lanes, clock_mhz=a.clock, baud=a.baud, weights=a.weights,
-                         requantizer=a.requantizer, check_fit=not getattr(a, "ignore_fit", False))
+                         lanes=a.lanes, dsp_pack=a.dsp_pack, clock_mhz=a.clock, baud=a.baud, weights=a.weights,
+                         requantizer=a.requantizer, objective=a.objective,
+                         check_fit=not getattr(a, "ignore_fit", False) and a.command != "explore")
 
 
 def cmd_build(a) -> int:
     from .build import build, text_report
     c = compile_from_args(a, a.model)
     out = Path(a.out) if a.out else Path("build") / Path(a.model).stem
-    report = build(c, out, seed=a.seed, calibration_path=a.calibration)
+    if a.seeds < 1:
+        raise ZakidError(f"--seeds must be at least 1, got {a.seeds}")
+    report = build(c, out, seed=a.seed, seeds=a.seeds, calibration_path=a.calibration)
     print(text_report(report), end="")
     print(f"wrote {out}/ ({Path(a.model).stem}.bin, {Path(a.model).stem}.v, report.json, report.txt)")
     return 0
@@ -122,6 +138,32 @@ def cmd_sim(a) -> int:
     return 0
 
 
+def cmd_explore(a) -> int:
+    from . import explore
+    c = compile_from_args(a, a.model)
+    chosen = next((d for d in c.designs if d.config == c.config), None)
+    f = c.config.clock_mhz
+    shown = c.designs if a.all else explore.pareto(c.designs)
+    fits = sum(d.fits for d in c.designs)
+    print(f"{len(c.designs)} configurations of {Path(a.model).name} for {c.board.device.part}, {fits} fit; "
+          f"latency at {f:g} MHz; LC predicted by the cost model (P: Pareto front, *: what build takes with "
+          f"--objective {c.objective})")
+    print(explore.table(shown, f, chosen), end="")
+    if not fits:
+        print("no configuration fits the device; the problems of each are in the last column (--all)")
+    plot = Path(a.plot) if a.plot else Path(f"{Path(a.model).stem}.pareto.svg")
+    svg = explore.svg_plot(c.designs, f, f"{Path(a.model).name} on {c.board.device.part}", chosen)
+    tmp = plot.with_name(f".{plot.name}.tmp")
+    try:
+        tmp.write_text(svg)
+        tmp.replace(plot)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ZakidError(f"cannot write the plot {plot}: {e}") from None
+    print(f"wrote {plot}")
+    return 0
+
+
 def cmd_run(a) -> int:
     from . import protocol
     from .compiler import compile_model
@@ -133,13 +175,14 @@ def cmd_run(a) -> int:
         rep = json.loads(rep_path.read_text())
         board, lanes, clock, baud = rep["board"], rep["mac_lanes"], rep["clock_mhz"], rep["host_link"]["baud"]
         weights = rep.get("weights_memory", "ebr")
+        dsp_pack = rep.get("dsp_pack", 1)
         requantizer = rep.get("requantizer", "tables")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ZakidError(f"{rep_path} is not a report written by 'zakid-hw build' ({type(e).__name__}: {e}); "
                          f"rebuild {bdir} with 'zakid-hw build'") from None
     calib = load_npy(bdir / "calibration.npy", "calibration") if (bdir / "calibration.npy").exists() else None
     c = compile_model(bdir / "model.onnx", calibration=calib, board=board, lanes=lanes, clock_mhz=clock,
-                      weights=weights, requantizer=requantizer)
+                      weights=weights, requantizer=requantizer, dsp_pack=dsp_pack)
     from .simulate import to_codes
     codes = to_codes(c, load_npy(a.input, "input"))
     with protocol.SerialLink(a.port, baudrate=baud) as link:
@@ -163,7 +206,7 @@ def cmd_run(a) -> int:
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "sim": cmd_sim, "run": cmd_run}[a.command](a)
+        return {"build": cmd_build, "sim": cmd_sim, "run": cmd_run, "explore": cmd_explore}[a.command](a)
     except ZakidError as e:
         print(f"error: {e}", file=sys.stderr)
         return ZakidError.exit_code

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from boards.pll import pll_config
 from rtl_gen.config import AccelConfig
 from rtl_gen.spram import spram_blocks
 
-from . import passes, schedule
+from . import cost_model, explore, passes, schedule
 from .errors import ZakidError
 from .ir import Graph
 from .onnx_import import load_model
@@ -27,8 +27,6 @@ DEFAULT_BAUD = 115200
 SMALL_TABLE_BITS = 1024
 #: EBR aspect ratios (depth, width) of SB_RAM40_4K
 EBR_MODES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
-#: logic cells a shift-and-add 9x8 multiplier lane costs, measured on UP5K builds
-LUT_LANE_LC = 110
 #: weights this narrow (bipolar, ternary, 2-bit) always multiply in logic cells, in this many lanes
 LUT_WEIGHT_BITS = 2
 LOW_BIT_LANES = 16
@@ -47,6 +45,13 @@ class Compiled:
     signature: int
     clock_auto: bool = False  # no clock was asked for: build may lower it to what place and route closes
     baud: float = DEFAULT_BAUD
+    designs: list = field(default_factory=list)  # every configuration considered (explore.Design)
+    objective: str = "latency"
+
+    @property
+    def predicted(self) -> dict:
+        """Predicted resources of the chosen configuration (:mod:`zakid_hw.cost_model`)."""
+        return cost_model.resources(self.image, self.config, self.memories)
 
     def with_clock(self, f_mhz: float) -> "Compiled":
         """The same design at another clock (the PLL's nearest frequency; UART divisor recomputed)."""
@@ -107,11 +112,6 @@ def signature_of(image: schedule.AccelImage) -> int:
     return h & 0xFFFFFFFF
 
 
-def lut_lane_lc(w_bits: int) -> int:
-    """Logic cells of one shift-and-add MAC lane: a term per weight bit."""
-    return math.ceil(LUT_LANE_LC * w_bits / 8)
-
-
 def low_bit(program: schedule.Program) -> bool:
     """Weights of at most LUT_WEIGHT_BITS bits multiply in logic cells: a product is a couple of adds, a
     DSP block would be wasted on it."""
@@ -119,9 +119,9 @@ def low_bit(program: schedule.Program) -> bool:
 
 
 def default_lanes(board: Board, program: schedule.Program) -> int:
-    """LOW_BIT_LANES logic-cell lanes for low-bit weights; otherwise one lane per DSP block on a device
-    with DSPs (logic-cell lanes cost about LUT_LANE_LC each; ask for them with ``lanes``), 8 logic-cell
-    lanes on a device without. Never more than twice the widest layer needs."""
+    """The lane count of the design the tool falls back to when no configuration fits (its fit problems are
+    the ones reported): LOW_BIT_LANES for low-bit weights, else one lane per DSP block (8 on a device
+    without), never more than twice the widest layer needs."""
     widest = max(l.n for l in program.layers)
     lanes = LOW_BIT_LANES if low_bit(program) else board.device.dsp or 8
     while lanes > 1 and lanes // 2 >= widest:
@@ -129,7 +129,9 @@ def default_lanes(board: Board, program: schedule.Program) -> int:
     return lanes
 
 
-def fit_check(board: Board, config: AccelConfig, plan: dict, w_bits: int = 8) -> None:
+def fit_problems(board: Board, config: AccelConfig, plan: dict, image: schedule.AccelImage, res: dict) -> list[str]:
+    """What keeps a configuration off the device (empty if it fits): block RAM, SPRAM, DSP blocks and
+    predicted logic cells (``res``, from :func:`zakid_hw.cost_model.resources`)."""
     dev = board.device
     problems = []
     ebr = sum(m["ebr"] for m in plan.values())
@@ -145,63 +147,60 @@ def fit_check(board: Board, config: AccelConfig, plan: dict, w_bits: int = 8) ->
         problems.append(f"the weights need {spram} SPRAM blocks ({plan['weights']['bits'] / 8192:.1f} KB as "
                         f"{plan['weights']['depth']} words of {plan['weights']['width']} bits), device {dev.name} has "
                         f"{dev.spram}")
-    if config.dsp_lanes > dev.dsp:
-        problems.append(f"asks for {config.dsp_lanes} DSP lanes, device {dev.name} has {dev.dsp} DSP blocks")
-    lut_lc = (config.lanes - config.dsp_lanes) * lut_lane_lc(w_bits)
-    if lut_lc > 0.6 * dev.logic_cells:
-        problems.append(f"{config.lanes - config.dsp_lanes} logic-cell MAC lanes need about {lut_lc} logic "
-                        f"cells, more than 60% of the {dev.logic_cells} of device {dev.name}; use fewer --lanes")
-    if problems:
-        raise ZakidError(f"The model does not fit the {dev.part} on board {board.name}: " + "; ".join(problems) + ".")
+    if config.dsp_blocks > dev.dsp:
+        problems.append(f"asks for {config.dsp_lanes} DSP lanes ({config.dsp_blocks} DSP blocks), device "
+                        f"{dev.name} has {dev.dsp} DSP blocks")
+    if res["lc"] > explore.LC_BUDGET * dev.logic_cells:
+        lut = config.lanes - config.dsp_lanes
+        problems.append(f"needs about {res['lc']} logic cells ({lut} of its {config.lanes} MAC lanes in logic "
+                        f"cells), more than {explore.LC_BUDGET:.0%} of the {dev.logic_cells} of device {dev.name}; "
+                        f"use fewer --lanes")
+    return problems
 
 
 def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
-                  clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto", requantizer="auto",
-                  check_fit=True) -> Compiled:
-    """Import, lower, schedule and size a model for a board. ``weights``: "auto" (block RAM, or SPRAM
-    when block RAM is too small and the device has SPRAM), "ebr" or "spram". ``requantizer``: "auto"
-    (whole threshold tables, or affine tables when block RAM is still too small), "tables" or "affine"
-    (see :mod:`zakid_hw.threshold_tables`). ``check_fit=False`` lets a design that is too big for the
-    device still be simulated."""
+                  dsp_pack=None, clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto",
+                  requantizer="auto", objective="latency", check_fit=True) -> Compiled:
+    """Import, lower and schedule a model, and pick its configuration for a board: every candidate
+    configuration (:mod:`zakid_hw.explore`) is costed and the fastest that fits (``objective="latency"``) or
+    the smallest (``"area"``) is taken. ``lanes``, ``dsp_pack`` (1 or 2 int8 products per DSP block),
+    ``weights`` ("ebr" or "spram") and ``requantizer`` ("tables" or "affine", see
+    :mod:`zakid_hw.threshold_tables`) pin a dimension instead ("auto" or None leaves it open).
+    ``check_fit=False`` lets a design that is too big for the device still be simulated."""
     brd = select_board(fpga, device, board)  # check names before the (slower) import
     if baud is None or not baud > 0:
         raise ZakidError(f"--baud must be a positive UART baud rate (e.g. 115200), got {baud}")
-    graph = load_model(model_path, calibration=calibration)
-    lowered = passes.lower_for_hardware(graph)
-    sketch = schedule.make_program(lowered, 1)  # the layers, before the lane count is known
     if lanes is not None and (lanes < 1 or lanes & (lanes - 1)):
         raise ZakidError(f"--lanes must be a power of two (1, 2, 4, 8, 16, ...), got {lanes}")
-    n_lanes = default_lanes(brd, sketch) if lanes is None else lanes
-    dsp_lanes = 0 if low_bit(sketch) else min(n_lanes, brd.device.dsp)
-    program = schedule.make_program(lowered, n_lanes)
-    f = DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None else float(clock_mhz)
-    f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
-    divisor = uart_divisor or max(4, round(f_actual * 1e6 / baud))
-    config = AccelConfig(lanes=n_lanes, dsp_lanes=dsp_lanes, clock_mhz=f_actual, uart_divisor=divisor)
     if weights not in ("auto", "ebr", "spram"):
         raise ZakidError(f"--weights must be auto, ebr or spram, got {weights!r}")
     if weights == "spram" and not brd.device.spram:
         raise ZakidError(f"--weights spram: device {brd.device.name} has no SPRAM")
     if requantizer not in ("auto", "tables", "affine"):
         raise ZakidError(f"--requantizer must be auto, tables or affine, got {requantizer!r}")
-    image = schedule.memory_image(program, n_lanes, "affine" if requantizer == "affine" else "tables")
-    plan = memory_plan(image)
-
-    def too_big(p):
-        return sum(m["ebr"] for m in p.values()) > brd.device.ebr
-
-    if weights == "spram" or (weights == "auto" and brd.device.spram and too_big(plan)):
-        # weights move to SPRAM, loaded from the configuration flash at start-up
-        config = replace(config, weights_in_spram=True)
-        plan = memory_plan(image, weights_in_spram=True)
-    if requantizer == "auto" and too_big(plan):
-        # the requantizer's tables shrink to a line plus a few bits per threshold
-        image = replace(image, requantizer="affine")
-        plan = memory_plan(image, weights_in_spram=config.weights_in_spram)
-    if check_fit:
-        fit_check(brd, config, plan, image.w_width)
-    return Compiled(str(model_path), graph, lowered, program, image, config, brd, plan, signature_of(image),
-                    clock_auto=clock_mhz is None and uart_divisor is None, baud=baud)
+    explore.order_key(objective)  # checks the name
+    graph = load_model(model_path, calibration=calibration)
+    lowered = passes.lower_for_hardware(graph)
+    sketch = schedule.make_program(lowered, 1)  # the layers, before the lane count is known
+    f = DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None else float(clock_mhz)
+    f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
+    divisor = uart_divisor or max(4, round(f_actual * 1e6 / baud))
+    base = AccelConfig(clock_mhz=f_actual, uart_divisor=divisor)
+    cands = explore.candidates(brd, sketch, lanes=lanes, dsp_pack=dsp_pack, weights=weights,
+                               requantizer=requantizer, low_bit=low_bit(sketch))
+    designs = explore.evaluate(brd, lowered, cands, base_config=base, fit_problems=fit_problems)
+    best = explore.choose(designs, objective)
+    if best is None:
+        # report the problems of the plainest design: the default lane count, saving the most block RAM
+        n = default_lanes(brd, sketch) if lanes is None else lanes
+        best = min(designs, key=lambda d: (d.candidate.lanes != n, d.candidate.dsp_pack, len(d.problems),
+                                           d.resources["ebr"]))
+        if check_fit:
+            raise ZakidError(f"The model does not fit the {brd.device.part} on board {brd.name}: "
+                             + "; ".join(best.problems) + ".")
+    return Compiled(str(model_path), graph, lowered, best.program, best.image, best.config, brd, best.plan,
+                    signature_of(best.image), clock_auto=clock_mhz is None and uart_divisor is None, baud=baud,
+                    designs=designs, objective=objective)
 
 
 def load_calibration(path):

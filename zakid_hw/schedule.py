@@ -602,11 +602,12 @@ class AccelImage:
     """Contents of every memory and the layer table: the model-specific input of :mod:`rtl_gen`."""
     lanes: int
     w_width: int
-    acc_width: int                  # accumulators (with and without bias), biases and thresholds fit this width
+    acc_width: int                  # biased sums and thresholds fit this width; sums and biases wrap around in it
     act_bytes: int                  # activation memory in bytes (a multiple of lanes)
     out_bits: int                   # bits of the threshold search (8 for int8/uint8 codes)
     weight_words: list[list[int]]   # per address: one signed weight per lane
-    bias_values: list[int]          # one signed bias per output channel (layer by layer, padded to whole groups)
+    bias_values: list[int]          # one signed bias per output channel (layer by layer, padded to whole groups),
+                                    # with the centring correction (see centering_correction)
     threshold_stages: list[list[int]]  # stage s holds tables * 2**s entries, address = table * 2**s + prefix
     layers: list[LayerDescriptor] = field(default_factory=list)
     in_len: int = 0
@@ -643,6 +644,27 @@ class AccelImage:
         return self.lanes * self.w_width
 
 
+#: the MAC array multiplies int8 codes: a uint8 code x enters as x - CENTER (its top bit flipped)
+CENTER = 128
+
+
+def centering_correction(layer: Layer) -> np.ndarray:
+    """Per output channel, what the bias gains so that the MAC array may multiply ``x - CENTER`` instead
+    of a uint8 input code ``x``: ``CENTER * sum(w)`` over the K steps of a sum (every step multiplies a code,
+    the padding code included), ``CENTER * w`` for a max pooling (its weights are all 1). 0 for int8 inputs."""
+    if layer.in_dtype != "uint8":
+        return np.zeros(layer.n, np.int64)
+    if layer.kind == "maxpool":
+        return CENTER * layer.weight[:, 0]
+    return CENTER * layer.weight.sum(axis=1)
+
+
+def wrap(v, width: int):
+    """``v`` as a ``width``-bit two's complement value (the sums wrap around at that width)."""
+    half = 1 << (width - 1)
+    return (np.asarray(v, np.int64) + half) % (2 * half) - half
+
+
 def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> AccelImage:
     """Every memory's contents and the layer table; ``requantizer`` picks the tables' form ("tables" or
     "affine", see :mod:`zakid_hw.threshold_tables`)."""
@@ -651,11 +673,11 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
     if requantizer not in ("tables", "affine"):
         raise ZakidError(f"the requantizer form must be tables or affine, got {requantizer!r}")
     layers = program.layers
-    # the MAC array sums without the bias; the drain adds it (one bias per output channel)
-    lo = min(min(l.acc_range[0], int(l.thresholds.min(initial=0)), int(l.bias.min()),
-                 l.acc_range[0] - int(l.bias.max())) for l in layers)
-    hi = max(max(l.acc_range[1], int(l.thresholds.max(initial=0)), int(l.bias.max()),
-                 l.acc_range[1] - int(l.bias.min())) for l in layers) + 1
+    # The MAC array sums without the bias; the drain adds it (one bias per output channel). Sums wrap
+    # around modulo 2**acc_width: only the biased result, which acc_range bounds, must fit (and the int8
+    # products a max pooling compares).
+    lo = min(min(l.acc_range[0], int(l.thresholds.min(initial=0)), -128) for l in layers)
+    hi = max(max(l.acc_range[1], int(l.thresholds.max(initial=0)), 127) for l in layers) + 1
     acc_width = signed_bits(lo, hi)
     sentinel = hi
     w_width = program.w_width
@@ -675,7 +697,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         w = np.zeros((groups * lanes, l.k), np.int64)
         w[: l.n] = l.weight
         b = np.zeros(groups * lanes, np.int64)
-        b[: l.n] = l.bias
+        b[: l.n] = wrap(l.bias + centering_correction(l), acc_width)
         key = l.thresholds.tobytes() + bytes([l.thresholds.shape[0] > 1])
         if l.raw:
             tables.setdefault(key, 0)
@@ -715,7 +737,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             for k in range(l.k):
                 weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
         bias_values.extend(int(v) for v in b)
-    b_width = max(signed_bits(int(l.bias.min(initial=0)), int(l.bias.max(initial=0))) for l in layers)
+    b_width = signed_bits(min(bias_values), max(bias_values))
     return AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
                       bias_values, stages, descs, program.in_len, program.out_len,
                       program.in_storage.base, program.out_storage.base, b_width, all_tables, requantizer)

@@ -62,7 +62,7 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False)
     """Run input code rows through the RTL; returns output code rows and cycles per row."""
     rows = [[int(c) for c in r] for r in codes]
     spram = compiled.config.weights_in_spram
-    extra = dict(extra_sources=[ice40_sim_models()]) if spram else {}
+    extra = dict(extra_sources=[ice40_sim_models()]) if compiled.config.primitives else {}
     try:
         if uart:
             config = replace(compiled.config, uart_divisor=SIM_UART_DIVISOR)

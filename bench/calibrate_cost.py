@@ -1,0 +1,92 @@
+"""Real builds for the resource model: each configuration below is synthesised, placed and routed for the
+UP5K, and its measured resources are written with the model's inputs to ``bench/cost_calibration.json``.
+
+    python bench/calibrate_cost.py            # all builds (about 10 minutes on 2 cores)
+    python bench/calibrate_cost.py --fit      # refit zakid_hw.cost_model.LC from the recorded builds
+
+``tests/test_cost_model.py`` checks the model's predictions against these recorded builds (within 15%).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from boards.top import BoardTop  # noqa: E402
+from rtl_gen.system import AcceleratorSystem  # noqa: E402
+from zakid_hw import cost_model  # noqa: E402
+from zakid_hw.compiler import compile_model  # noqa: E402
+from zakid_hw.synth import build_bitstream  # noqa: E402
+
+MODELS = ROOT / "bench" / "models"
+OUT = ROOT / "bench" / "cost_calibration.json"
+TFC = ROOT.parent / "shared" / "models" / "tfc" / "TFC_2W2A.onnx"
+
+
+def configs():
+    digits = ROOT / "examples" / "digits" / "digits_mlp_int8.onnx"
+    kws_cal, ad_cal = MODELS / "kws_calib.npy", MODELS / "ad_calib.npy"
+    return [
+        ("digits", digits, None, dict(lanes=16, dsp_pack=2, requantizer="tables", weights="ebr")),
+        ("digits", digits, None, dict(lanes=8, dsp_pack=1, requantizer="tables", weights="ebr")),
+        ("digits", digits, None, dict(lanes=16, dsp_pack=1, requantizer="tables", weights="ebr")),
+        ("digits", digits, None, dict(lanes=4, dsp_pack=1, requantizer="affine", weights="ebr")),
+        ("digits", digits, None, dict(lanes=8, dsp_pack=1, requantizer="tables", weights="spram")),
+        ("tfc", TFC, None, dict(lanes=16)),
+        ("tfc", TFC, None, dict(lanes=8)),
+        ("kws_c64", MODELS / "kws_dscnn.onnx", kws_cal, dict(lanes=8)),
+        ("kws_c32", MODELS / "kws_dscnn_c32.onnx", kws_cal, dict(lanes=8)),
+        ("ad_small", MODELS / "ad_autoencoder_small.onnx", ad_cal, dict(lanes=8)),
+    ]
+
+
+def features(c) -> dict:
+    return {"lanes": c.config.lanes, "dsp_lanes": c.config.dsp_lanes, "dsp_pack": c.config.dsp_pack,
+            "weights_in_spram": c.config.weights_in_spram, "requantizer": c.image.requantizer,
+            "acc_width": c.image.acc_width, "w_width": c.image.w_width,
+            "terms": cost_model.lc_terms(c.image, c.config, c.memories), "predicted": c.predicted}
+
+
+def run():
+    rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    for name, path, cal, kw in configs():
+        if not Path(path).exists():
+            print(f"skip {name}: {path} missing")
+            continue
+        c = compile_model(path, calibration=None if cal is None else np.load(cal), **kw)
+        t = time.time()
+        with tempfile.TemporaryDirectory() as d:
+            top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
+            r = build_bitstream(top, c.board, Path(d), f_mhz=c.config.clock_mhz, name="cal")
+        row = {"model": name, "options": kw, **features(c),
+               "measured": {k: r.resources[k].used for k in ("lc", "dsp", "ebr", "spram")},
+               "fmax_mhz": round(r.fmax_mhz, 2), "build_seconds": round(time.time() - t, 1)}
+        print(json.dumps(row))
+        rows = [x for x in rows if (x["model"], x["options"]) != (name, kw)] + [row]
+        OUT.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def fit():
+    """Least-squares logic-cell coefficients from the recorded builds (relative error weighted)."""
+    rows = json.loads(OUT.read_text())
+    keys = list(cost_model.LC)
+    a = np.array([[r["terms"][k] / r["measured"]["lc"] for k in keys] for r in rows])
+    coef, *_ = np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)
+    for k, v in zip(keys, coef):
+        print(f"    {k!r}: {v:.2f},")
+    for r in rows:
+        pred = sum(c * r["terms"][k] for k, c in zip(keys, coef))
+        print(f"{r['model']:10} {r['options']} measured {r['measured']['lc']} fitted {pred:.0f} "
+              f"({pred / r['measured']['lc'] - 1:+.1%})")
+
+
+if __name__ == "__main__":
+    fit() if "--fit" in sys.argv else run()

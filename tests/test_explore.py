@@ -1,0 +1,101 @@
+"""Design-space exploration and the cost model: candidates, the choice, the Pareto front, the CLI, and the
+resource predictions against real builds (bench/cost_calibration.json)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zakid_hw import cost_model, explore
+from zakid_hw.compiler import compile_model
+from zakid_hw.errors import ZakidError
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits" / "digits_mlp_int8.onnx"
+
+
+def test_latency_objective_takes_the_fewest_cycles_that_fit():
+    c = compile_model(DIGITS)
+    fitting = [d for d in c.designs if d.fits]
+    assert c.config.lanes == 16 and c.config.dsp_pack == 2  # 8 DSP blocks, two int8 products each
+    assert schedule_cycles(c) == min(d.cycles for d in fitting)
+    # nothing that fits is faster, and nothing as fast is smaller
+    assert all(d.resources["lc"] >= c.predicted["lc"] for d in fitting if d.cycles == schedule_cycles(c))
+
+
+def schedule_cycles(c):
+    from zakid_hw import schedule
+    return schedule.cycles_per_inference(c.image)
+
+
+def test_area_objective_takes_the_fewest_logic_cells():
+    c = compile_model(DIGITS, objective="area")
+    assert c.config.lanes == 1
+    assert c.predicted["lc"] == min(d.resources["lc"] for d in c.designs if d.fits)
+
+
+def test_pinned_options_leave_one_candidate():
+    c = compile_model(DIGITS, lanes=4, dsp_pack=1, weights="ebr", requantizer="affine")
+    assert len(c.designs) == 1
+    assert (c.config.lanes, c.config.dsp_lanes, c.config.dsp_pack, c.image.requantizer) == (4, 4, 1, "affine")
+
+
+def test_pareto_front_is_not_dominated():
+    c = compile_model(DIGITS)
+    front = explore.pareto(c.designs)
+    assert front and all(d.fits for d in front)
+    for d in front:
+        assert not any(o.fits and o.cycles <= d.cycles and o.resources["lc"] < d.resources["lc"]
+                       for o in c.designs)
+    cycles = [d.cycles for d in front]
+    lcs = [d.resources["lc"] for d in front]
+    assert cycles == sorted(cycles) and lcs == sorted(lcs, reverse=True)
+
+
+def test_designs_that_do_not_fit_say_why():
+    c = compile_model(DIGITS)
+    wide = [d for d in c.designs if d.candidate.lanes == 16 and d.candidate.weights == "spram"]
+    assert wide and all(not d.fits and "SPRAM blocks" in d.problems[0] for d in wide)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(dsp_pack=3), "--dsp-pack must be 1 or 2"),
+    (dict(dsp_pack=2, device="hx8k"), "has no DSP blocks"),
+    (dict(objective="speed"), "--objective must be latency or area"),
+])
+def test_bad_exploration_options(kw, msg):
+    with pytest.raises(ZakidError, match=msg):
+        compile_model(DIGITS, **kw)
+
+
+def test_explore_command_prints_the_front_and_writes_a_plot(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "zakid_hw.cli", "explore", str(DIGITS), "--plot", "front.svg"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| *P | 16 | 16 | 2 | ebr | tables |" in r.stdout
+    svg = (tmp_path / "front.svg").read_text()
+    assert svg.startswith("<svg") and "polyline" in svg and "chosen: 16 lanes" in svg
+
+
+def test_explore_command_on_a_model_that_fits_nowhere(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "zakid_hw.cli", "explore", str(DIGITS), "--device", "hx1k",
+                        "--lanes", "32", "--all"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "no configuration fits" in r.stdout and "logic cells" in r.stdout
+
+
+CALIBRATION = json.loads((ROOT / "bench" / "cost_calibration.json").read_text())
+
+
+@pytest.mark.parametrize("row", CALIBRATION, ids=[f"{r['model']}-{r['lanes']}-{r['dsp_pack']}-{r['requantizer']}"
+                                                   f"-{'spram' if r['weights_in_spram'] else 'ebr'}"
+                                                   for r in CALIBRATION])
+def test_resource_model_within_15_percent_of_real_builds(row):
+    """The recorded builds of ``python bench/calibrate_cost.py`` (nextpnr's counts) against the model."""
+    lc = sum(cost_model.LC[k] * n for k, n in row["terms"].items())
+    assert abs(lc - row["measured"]["lc"]) <= 0.15 * row["measured"]["lc"]
+    assert abs(row["predicted"]["ebr"] - row["measured"]["ebr"]) <= max(1, 0.15 * row["measured"]["ebr"])
+    assert row["predicted"]["dsp"] == row["measured"]["dsp"]
+    assert row["predicted"]["spram"] == row["measured"]["spram"]

@@ -1,0 +1,207 @@
+"""Design-space exploration: every configuration worth building for a model and a device, its exact cycles
+and predicted resources, the Pareto front of latency against logic cells, and the choice ``build`` makes.
+
+A configuration (:class:`Candidate`) is a lane count, the DSP packing (one or two int8 products per
+SB_MAC16), where the weights live (block RAM or SPRAM) and the requantizer's table form. Cycles come from
+the exact cycle model (:func:`zakid_hw.schedule.cycles_per_inference`), resources from
+:mod:`zakid_hw.cost_model`; all candidates run at the same target clock, so the fastest is the one with
+the fewest cycles.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+from rtl_gen.config import AccelConfig
+
+from . import cost_model, schedule
+from .errors import ZakidError
+
+#: lane counts explored (powers of two; fewer than twice the widest layer's outputs)
+LANE_CHOICES = (1, 2, 4, 8, 16, 32)
+#: a design is taken only if its predicted logic cells stay below this share of the device
+LC_BUDGET = 0.9
+OBJECTIVES = ("latency", "area")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    lanes: int
+    dsp_lanes: int
+    dsp_pack: int      # int8 products per DSP block (1 or 2)
+    weights: str       # "ebr" or "spram"
+    requantizer: str   # "tables" or "affine"
+
+    def label(self) -> str:
+        mult = f"{self.dsp_lanes} DSP{' x2' if self.dsp_pack == 2 else ''}" if self.dsp_lanes else "0 DSP"
+        lut = self.lanes - self.dsp_lanes
+        return (f"{self.lanes} lanes ({mult}{f' + {lut} LUT' if lut else ''}), weights {self.weights}, "
+                f"{self.requantizer}")
+
+
+@dataclass
+class Design:
+    candidate: Candidate
+    program: schedule.Program
+    image: schedule.AccelImage
+    config: AccelConfig
+    plan: dict
+    cycles: int
+    resources: dict
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def latency_us(self, clock_mhz: float) -> float:
+        return self.cycles / clock_mhz
+
+
+def lane_choices(program: schedule.Program, lanes: int | None) -> list[int]:
+    if lanes is not None:
+        return [lanes]
+    widest = max(l.n for l in program.layers)
+    return [L for L in LANE_CHOICES if L == 1 or L // 2 < widest]
+
+
+def dsp_options(device, w_width: int, low_bit: bool, dsp_pack: int | None) -> list[int]:
+    """DSP packings to try: none on devices without DSPs or for low-bit weights (logic-cell lanes)."""
+    if dsp_pack is not None:
+        if dsp_pack not in (1, 2):
+            raise ZakidError(f"--dsp-pack must be 1 or 2, got {dsp_pack}")
+        if dsp_pack == 2 and not device.dsp:
+            raise ZakidError(f"--dsp-pack 2: device {device.name} has no DSP blocks")
+        if dsp_pack == 2 and w_width > 8:
+            raise ZakidError(f"--dsp-pack 2 needs weights of at most 8 bits; this model's widest weight has "
+                             f"{w_width} bits")
+        return [dsp_pack]
+    if not device.dsp or low_bit:
+        return [1]
+    return [1, 2] if w_width <= 8 else [1]
+
+
+def candidates(board, program, *, lanes=None, dsp_pack=None, weights="auto", requantizer="auto",
+               low_bit=False) -> list[Candidate]:
+    dev = board.device
+    out = []
+    for L in lane_choices(program, lanes):
+        for pack in dsp_options(dev, program.w_width, low_bit, dsp_pack):
+            dsp_lanes = 0 if (low_bit or not dev.dsp) else min(L, dev.dsp * pack) // pack * pack
+            if pack == 2 and dsp_lanes < 2:
+                continue
+            for w in (("ebr", "spram") if dev.spram else ("ebr",)) if weights == "auto" else (weights,):
+                for rq in ("tables", "affine") if requantizer == "auto" else (requantizer,):
+                    out.append(Candidate(L, dsp_lanes, pack, w, rq))
+    return out
+
+
+def evaluate(board, lowered, cands, *, base_config: AccelConfig, fit_problems) -> list[Design]:
+    """Cycles, resources and fit problems of each candidate (``fit_problems(board, config, plan, image)``
+    lists what does not fit)."""
+    from .compiler import memory_plan
+    programs, images, designs = {}, {}, []
+    for c in cands:
+        if c.lanes not in programs:
+            programs[c.lanes] = schedule.make_program(lowered, c.lanes)
+        key = (c.lanes, c.requantizer)
+        if key not in images:
+            images[key] = schedule.memory_image(programs[c.lanes], c.lanes, c.requantizer)
+        image = images[key]
+        config = AccelConfig(lanes=c.lanes, dsp_lanes=c.dsp_lanes, dsp_pack=c.dsp_pack,
+                             clock_mhz=base_config.clock_mhz, uart_divisor=base_config.uart_divisor,
+                             weights_in_spram=c.weights == "spram")
+        plan = memory_plan(image, weights_in_spram=c.weights == "spram")
+        res = cost_model.resources(image, config, plan)
+        problems = fit_problems(board, config, plan, image, res)
+        designs.append(Design(c, programs[c.lanes], image, config, plan,
+                              schedule.cycles_per_inference(image), res, problems))
+    return designs
+
+
+def order_key(objective: str):
+    if objective not in OBJECTIVES:
+        raise ZakidError(f"--objective must be latency or area, got {objective!r}")
+    if objective == "latency":
+        return lambda d: (d.cycles, d.resources["lc"], d.resources["ebr"])
+    return lambda d: (d.resources["lc"], d.resources["dsp"], d.resources["ebr"], d.cycles)
+
+
+def choose(designs: list[Design], objective: str = "latency") -> Design | None:
+    """The best design that fits, or None."""
+    fitting = [d for d in designs if d.fits]
+    return min(fitting, key=order_key(objective)) if fitting else None
+
+
+def pareto(designs: list[Design]) -> list[Design]:
+    """The fitting designs no other fitting design beats on both cycles and logic cells, fastest first."""
+    fitting = sorted((d for d in designs if d.fits), key=lambda d: (d.cycles, d.resources["lc"]))
+    front, best_lc = [], None
+    for d in fitting:
+        if best_lc is None or d.resources["lc"] < best_lc:
+            front.append(d)
+            best_lc = d.resources["lc"]
+    return front
+
+
+def table(designs: list[Design], clock_mhz: float, chosen: Design | None = None) -> str:
+    """The designs as a markdown table: Pareto-optimal ones marked, the chosen one starred."""
+    front = {id(d) for d in pareto(designs)}
+    lines = ["| | lanes | DSP lanes | per DSP | weights | requantizer | cycles | latency µs | LC | DSP | EBR | "
+             "SPRAM | fits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in sorted(designs, key=lambda d: (not d.fits, d.cycles, d.resources["lc"])):
+        c, r = d.candidate, d.resources
+        mark = ("*" if d is chosen else "") + ("P" if id(d) in front else "")
+        lines.append(f"| {mark} | {c.lanes} | {c.dsp_lanes} | {c.dsp_pack} | {c.weights} | {c.requantizer} | "
+                     f"{d.cycles} | {d.latency_us(clock_mhz):.2f} | {r['lc']} | {r['dsp']} | {r['ebr']} | "
+                     f"{r['spram']} | {'yes' if d.fits else 'no: ' + '; '.join(d.problems)} |")
+    return "\n".join(lines) + "\n"
+
+
+def svg_plot(designs: list[Design], clock_mhz: float, title: str, chosen: Design | None = None) -> str:
+    """Latency against logic cells as an SVG image: every fitting design a grey dot, the Pareto front a
+    line, the chosen design circled."""
+    pts = [d for d in designs if d.fits]
+    W, H, ml, mr, mt, mb = 640, 420, 80, 20, 40, 60
+    if not pts:
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}"><text x="20" y="40">'
+                f'{html.escape(title)}: no configuration fits</text></svg>\n')
+    xs = [d.resources["lc"] for d in pts]
+    ys = [d.latency_us(clock_mhz) for d in pts]
+    x0, x1 = 0, max(xs) * 1.1
+    y0, y1 = 0, max(ys) * 1.1
+
+    def px(x):
+        return ml + (x - x0) / (x1 - x0) * (W - ml - mr)
+
+    def py(y):
+        return H - mb - (y - y0) / (y1 - y0) * (H - mt - mb)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+           f'font-size="12">', f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="14">{html.escape(title)}</text>',
+           f'<line x1="{ml}" y1="{H - mb}" x2="{W - mr}" y2="{H - mb}" stroke="black"/>',
+           f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{H - mb}" stroke="black"/>',
+           f'<text x="{(W + ml) / 2}" y="{H - 15}" text-anchor="middle">logic cells (predicted)</text>',
+           f'<text x="18" y="{(H - mb + mt) / 2}" text-anchor="middle" transform="rotate(-90 18 '
+           f'{(H - mb + mt) / 2})">latency µs at {clock_mhz:g} MHz</text>']
+    for i in range(6):
+        xv, yv = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
+        out.append(f'<text x="{px(xv):.1f}" y="{H - mb + 16}" text-anchor="middle">{xv:.0f}</text>')
+        out.append(f'<text x="{ml - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
+    front = pareto(designs)
+    out.append('<polyline fill="none" stroke="#c33" stroke-width="2" points="' +
+               " ".join(f"{px(d.resources['lc']):.1f},{py(d.latency_us(clock_mhz)):.1f}" for d in front) + '"/>')
+    for d in pts:
+        on = d in front
+        out.append(f'<circle cx="{px(d.resources["lc"]):.1f}" cy="{py(d.latency_us(clock_mhz)):.1f}" '
+                   f'r="{4 if on else 3}" fill="{"#c33" if on else "#999"}"><title>{html.escape(d.candidate.label())}: '
+                   f'{d.cycles} cycles</title></circle>')
+    if chosen is not None:
+        out.append(f'<circle cx="{px(chosen.resources["lc"]):.1f}" cy="{py(chosen.latency_us(clock_mhz)):.1f}" '
+                   f'r="9" fill="none" stroke="black" stroke-width="1.5"/>')
+        out.append(f'<text x="{px(chosen.resources["lc"]) + 12:.1f}" y="{py(chosen.latency_us(clock_mhz)) - 8:.1f}">'
+                   f'chosen: {html.escape(chosen.candidate.label())}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
