@@ -3,6 +3,7 @@ UP5K, and its measured resources are written with the model's inputs to ``bench/
 
     python bench/calibrate_cost.py            # all builds (about 10 minutes on 2 cores)
     python bench/calibrate_cost.py --fit      # refit zakid_hw.cost_model.LC from the recorded builds
+                                              # (these and bench/models_results.json's)
 
 ``tests/test_cost_model.py`` checks the model's predictions against these recorded builds (within 15%).
 """
@@ -77,6 +78,8 @@ def run():
 def fit():
     """Least-squares logic-cell coefficients from the recorded builds (relative error weighted)."""
     rows = json.loads(OUT.read_text())
+    bench = json.loads((ROOT / "bench" / "models_results.json").read_text())
+    rows += [r for r in bench["results"] + bench.get("hx8k", []) if "terms" in r and "measured" in r]
     keys = list(cost_model.LC)
     a = np.array([[r["terms"][k] / r["measured"]["lc"] for k in keys] for r in rows])
     coef, *_ = np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)
@@ -84,7 +87,7 @@ def fit():
         print(f"    {k!r}: {v:.2f},")
     for r in rows:
         pred = sum(c * r["terms"][k] for k, c in zip(keys, coef))
-        print(f"{r['model']:10} {r['options']} measured {r['measured']['lc']} fitted {pred:.0f} "
+        print(f"{r['model'][:10]:10} {r.get('options', r.get('device'))} measured {r['measured']['lc']} fitted {pred:.0f} "
               f"({pred / r['measured']['lc'] - 1:+.1%})")
 
 

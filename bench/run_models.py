@@ -5,6 +5,7 @@ run: cycles from RTL simulation (checked against the golden model), resources an
     python bench/run_models.py --no-accuracy     # the table only (minutes, not an hour)
     python bench/run_models.py --accuracy-only   # mnist-8 on all 5000 images only, into the same files
     python bench/run_models.py --accuracy-only --images 1000   # the first 1000 images only
+    python bench/run_models.py --no-accuracy --only TFC   # rerun the models whose name has "TFC", keep the rest
 
 For each model, with the configuration the design-space exploration chose: MACs, cycles per inference, the
 roofline (MACs / the lanes the weight memory can feed) and the device limit (MACs / 16 int8 multipliers on
@@ -127,12 +128,18 @@ def main(argv):
     if "--accuracy-only" in argv:  # keep the table of the last full run, redo mnist-8's accuracy
         out = json.loads((ROOT / "bench" / "models_results.json").read_text())
     else:
-        rows = [run(*c) for c in cases()]
-        # the LUT-only HX8K for the models that can fit it (the others need SPRAM or DSPs to fit anywhere)
-        hx8k = [run(*c, device="hx8k") for c in cases() if c[0].startswith(("digits", "TFC"))]
+        only = argv[argv.index("--only") + 1] if "--only" in argv else ""  # rerun the models named so
         old = json.loads((ROOT / "bench" / "models_results.json").read_text())
+        kept = {(r.get("device", "up5k"), r["model"]): r for r in old.get("results", []) + old.get("hx8k", [])}
+
+        def row(c, device="up5k"):
+            return run(*c, device=device) if only in c[0] or (device, c[0]) not in kept else kept[(device, c[0])]
+
+        rows = [row(c) for c in cases()]
+        # the LUT-only HX8K for the models that can fit it (the others need SPRAM or DSPs to fit anywhere)
+        hx8k = [row(c, "hx8k") for c in cases() if c[0].startswith(("digits", "TFC"))]
         out = {"device": "up5k", "board": "icebreaker", "results": rows, "hx8k": hx8k,
-               "command": "python bench/run_models.py " + " ".join(argv)}
+               "command": old.get("command", "") if only else "python bench/run_models.py " + " ".join(argv)}
         if "mnist8_accuracy" in old:  # measured by an --accuracy-only run: kept, with its commit
             out["mnist8_accuracy"] = old["mnist8_accuracy"]
         write(out)

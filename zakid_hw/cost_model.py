@@ -16,14 +16,14 @@ from rtl_gen.config import AccelConfig
 
 #: logic cells per part of the design (fitted to the builds in bench/cost_calibration.json)
 LC = {
-    "base": 1050.0,        # host link, UART, controller, drain and bias stage, cycle counter
-    "lane": 28.0,          # per MAC lane: centring and padding multiplexers, read and weight registers
-    "acc_bit": 3.6,        # per lane and accumulator bit: accumulator, max compare, drain register
-    "lut_mult_bit": 13.8,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
-    "mux_bit": 0.55,       # per activation word bit and block RAM row beyond the first: the read multiplexer
-    "affine": 420.0,       # the affine requantizer's extra arithmetic over whole tables
-    "logic_table_bit": 0.5,  # per bit of requantizer tables kept in logic cells
-    "spram": 180.0,        # the SPI flash loader and SPRAM glue
+    "base": 1605.0,        # host link, UART, controller, drain and bias stage, cycle counter, pipeline
+    "lane": 20.0,          # per MAC lane: centring and padding multiplexers, read and weight registers (fixed)
+    "acc_bit": 0.89,       # per lane and accumulator bit: accumulator, max compare, drain register
+    "lut_mult_bit": 19.7,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
+    "mux_bit": 0.0,        # per activation word bit and block RAM row beyond the first (fitted: negligible)
+    "affine": 300.0,       # the affine requantizer's extra arithmetic over whole tables (fixed)
+    "logic_table_bit": 1.0,  # per bit of requantizer tables kept in logic cells (fixed)
+    "spram": 407.0,        # the SPI flash loader and SPRAM glue
 }
 #: SPRAM bits per cycle per block, and EBR bits per cycle per block (16-bit read ports)
 PORT_BITS = 16
