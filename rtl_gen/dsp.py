@@ -8,8 +8,7 @@ Used parameters (the rest stay 0; names as in Lattice's iCE40 DSP usage guide an
 ``A_REG = B_REG = 1`` (input registers), ``TOP_8x8_MULT_REG = BOT_8x8_MULT_REG = 1`` (product registers),
 ``TOPOUTPUT_SELECT = BOTOUTPUT_SELECT = 2`` (the 8x8 products, not the adders), ``MODE_8x8 = 1``,
 ``A_SIGNED = B_SIGNED = 1``. Verilator simulates the instance with Yosys's behavioural model of SB_MAC16
-(:func:`rtl_gen.spram.ice40_sim_models`); ``primitive=False`` builds the same two registered products
-from Amaranth operators for Amaranth's simulator.
+(:func:`rtl_gen.spram.ice40_sim_models`), so the simulated netlist is the synthesised one.
 """
 
 from amaranth import Cat, ClockSignal, Const, Module, Signal, signed
@@ -40,9 +39,6 @@ class DualMul8(wiring.Component):
         b0, b1: in, signed(8): second operands.
         p0, p1: out, signed(16): ``p0 = a0 * b0`` and ``p1 = a1 * b1`` of the operands two cycles earlier
                 (input register, product register).
-
-    :param primitive: True instantiates SB_MAC16 (synthesis, and Verilator with Yosys's models); False
-        builds the same behaviour from Amaranth operators (Amaranth's simulator).
     """
 
     a0: In(signed(8))
@@ -52,17 +48,8 @@ class DualMul8(wiring.Component):
     p0: Out(signed(16))
     p1: Out(signed(16))
 
-    def __init__(self, *, primitive: bool = True):
-        self.primitive = primitive
-        super().__init__()
-
     def elaborate(self, platform):
         m = Module()
-        if not self.primitive:
-            a0, a1, b0, b1 = (Signal(signed(8), name=n) for n in ("ra0", "ra1", "rb0", "rb1"))
-            m.d.sync += [a0.eq(self.a0), a1.eq(self.a1), b0.eq(self.b0), b1.eq(self.b1),
-                         self.p0.eq(a0 * b0), self.p1.eq(a1 * b1)]
-            return m
         o = Signal(32)
         zero16 = Const(0, 16)
         m.submodules.mac = Instance(

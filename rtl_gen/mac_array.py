@@ -32,15 +32,15 @@ class MacArray(wiring.Component):
     Lanes ``0 .. dsp_lanes-1`` multiply in DSP blocks: with ``dsp_pack=1`` an inferred multiplier each
     (Yosys maps it to one SB_MAC16 on iCE40 UP5K), with ``dsp_pack=2`` two lanes per SB_MAC16 in its
     two-8x8 mode (:class:`rtl_gen.dsp.DualMul8`, weights of at most 8 bits). The other lanes use
-    :func:`shift_add_product`. ``primitive=False`` models the SB_MAC16 for Amaranth's simulator.
+    :func:`shift_add_product`.
     """
 
-    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width, dsp_pack=1, primitive=True):
+    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width, dsp_pack=1):
         if dsp_pack not in (1, 2) or (dsp_pack == 2 and (w_width > 8 or dsp_lanes % 2)):
             raise ValueError(f"dsp_pack={dsp_pack} needs 1, or 2 with weights of at most 8 bits and an even "
                              f"number of DSP lanes (w_width={w_width}, dsp_lanes={dsp_lanes})")
         self.lanes, self.dsp_lanes, self.w_width, self.acc_width = lanes, dsp_lanes, w_width, acc_width
-        self.dsp_pack, self.primitive = dsp_pack, primitive
+        self.dsp_pack = dsp_pack
         super().__init__({
             "x": In(data.ArrayLayout(signed(X_WIDTH), lanes)),
             "w": In(data.ArrayLayout(signed(w_width), lanes)),
@@ -65,7 +65,7 @@ class MacArray(wiring.Component):
             # input and product registers inside the DSP block: the same two cycles as below
             for pair in range(self.dsp_lanes // 2):
                 lo, hi = 2 * pair, 2 * pair + 1
-                m.submodules[f"dsp{pair}"] = dsp = DualMul8(primitive=self.primitive)
+                m.submodules[f"dsp{pair}"] = dsp = DualMul8()
                 m.d.comb += [dsp.a0.eq(self.x[lo]), dsp.a1.eq(self.x[hi]), dsp.b0.eq(self.w[lo]),
                              dsp.b1.eq(self.w[hi]), prods[lo].eq(dsp.p0), prods[hi].eq(dsp.p1)]
         for lane in range(self.lanes):

@@ -141,7 +141,7 @@ def cmd_sim(a) -> int:
 def cmd_explore(a) -> int:
     from . import explore
     c = compile_from_args(a, a.model)
-    chosen = next((d for d in c.designs if d.config == c.config), None)
+    chosen = c.chosen if c.chosen.fits else None
     f = c.config.clock_mhz
     shown = c.designs if a.all else explore.pareto(c.designs)
     fits = sum(d.fits for d in c.designs)

@@ -12,9 +12,8 @@ import numpy as np
 from boards.boards import Board, select_board
 from boards.pll import pll_config
 from rtl_gen.config import AccelConfig
-from rtl_gen.spram import spram_blocks
 
-from . import cost_model, explore, passes, schedule
+from . import explore, passes, schedule
 from .errors import ZakidError
 from .ir import Graph
 from .onnx_import import load_model
@@ -22,11 +21,6 @@ from .onnx_import import load_model
 #: default clock per device family member: what nextpnr closes for the generated design with margin
 DEFAULT_CLOCK_MHZ = {"up5k": 37.5, "hx8k": 36.0, "hx1k": 36.0}
 DEFAULT_BAUD = 115200
-#: requantizer stage memories smaller than this Yosys maps to logic (seen on UP5K builds: 704 bits in
-#: logic, 1408 bits in block RAM)
-SMALL_TABLE_BITS = 1024
-#: EBR aspect ratios (depth, width) of SB_RAM40_4K
-EBR_MODES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
 #: weights this narrow (bipolar, ternary, 2-bit) always multiply in logic cells, in this many lanes
 LUT_WEIGHT_BITS = 2
 LOW_BIT_LANES = 16
@@ -46,12 +40,13 @@ class Compiled:
     clock_auto: bool = False  # no clock was asked for: build may lower it to what place and route closes
     baud: float = DEFAULT_BAUD
     designs: list = field(default_factory=list)  # every configuration considered (explore.Design)
+    chosen: explore.Design | None = None          # the one of them this is
     objective: str = "latency"
 
     @property
     def predicted(self) -> dict:
         """Predicted resources of the chosen configuration (:mod:`zakid_hw.cost_model`)."""
-        return cost_model.resources(self.image, self.config, self.memories)
+        return self.chosen.resources
 
     def with_clock(self, f_mhz: float) -> "Compiled":
         """The same design at another clock (the PLL's nearest frequency; UART divisor recomputed)."""
@@ -67,42 +62,6 @@ class Compiled:
     def out_dtype(self) -> str:
         """How the host reads output bytes (raw accumulator bytes read as uint8)."""
         return self.program.out_code_dtype
-
-
-def ebr_blocks(depth: int, width: int) -> int:
-    """Block RAMs Yosys needs for one memory of this shape (best aspect ratio)."""
-    if depth == 0 or width == 0:
-        return 0
-    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in EBR_MODES)
-
-
-def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> dict:
-    """Every memory of the design with its size and placement (``ebr`` blocks, or ``spram`` blocks for
-    weights in SPRAM); memories of fewer than 32 words, and requantizer stages of fewer than
-    SMALL_TABLE_BITS bits, end up in logic."""
-    mems = {
-        "weights": (len(image.weight_words), image.weight_word_bits),
-        "biases": (len(image.bias_values), image.b_width),
-        "activations": (image.act_words, 8 * image.lanes),
-    }
-    if image.requantizer == "affine":
-        at = image.affine
-        mems["lines"] = (len(at.consts), at.n0_width + at.d_width + at.out_bits)
-        stages, width = at.stages, at.e_width
-    else:
-        stages, width = image.threshold_stages, image.acc_width
-    for s, stage in enumerate(stages):
-        mems[f"thresholds{s}"] = (len(stage), width)
-    plan = {name: {"depth": d, "width": w, "bits": d * w, "ebr": ebr_blocks(d, w), "spram": 0, "place": "ebr"}
-            for name, (d, w) in mems.items()}
-    for name, m in plan.items():
-        small_table = (name.startswith("thresholds") or name == "lines") and m["bits"] < SMALL_TABLE_BITS
-        if name != "weights" and (m["depth"] < 32 or small_table):
-            m.update(ebr=0, place="logic")  # a few words: Yosys keeps them in logic
-    if weights_in_spram:
-        cols, rows = spram_blocks(image.weight_word_bits, len(image.weight_words))
-        plan["weights"].update(ebr=0, spram=cols * rows, place="spram")
-    return plan
 
 
 def signature_of(image: schedule.AccelImage) -> int:
@@ -127,35 +86,6 @@ def default_lanes(board: Board, program: schedule.Program) -> int:
     while lanes > 1 and lanes // 2 >= widest:
         lanes //= 2
     return lanes
-
-
-def fit_problems(board: Board, config: AccelConfig, plan: dict, image: schedule.AccelImage, res: dict) -> list[str]:
-    """What keeps a configuration off the device (empty if it fits): block RAM, SPRAM, DSP blocks and
-    predicted logic cells (``res``, from :func:`zakid_hw.cost_model.resources`)."""
-    dev = board.device
-    problems = []
-    ebr = sum(m["ebr"] for m in plan.values())
-    if ebr > dev.ebr:
-        biggest = sorted(plan.items(), key=lambda kv: -kv[1]["ebr"])[:3]
-        detail = ", ".join(f"{n} {m['bits'] / 8192:.1f} KB ({m['ebr']} blocks)" for n, m in biggest)
-        problems.append(f"needs {ebr} block RAMs ({sum(m['bits'] for m in plan.values() if m['place'] == 'ebr') / 8192:.1f} KB; "
-                        f"largest: {detail}), device {dev.name} has {dev.ebr} ({dev.ebr_bits / 8192:.0f} KB of block RAM"
-                        f"{'; the weights are already in SPRAM' if plan['weights']['place'] == 'spram' else ''}"
-                        f"{'' if 'lines' in plan else '; --requantizer affine stores the thresholds in far fewer bits'})")
-    spram = sum(m["spram"] for m in plan.values())
-    if spram > dev.spram:
-        problems.append(f"the weights need {spram} SPRAM blocks ({plan['weights']['bits'] / 8192:.1f} KB as "
-                        f"{plan['weights']['depth']} words of {plan['weights']['width']} bits), device {dev.name} has "
-                        f"{dev.spram}")
-    if config.dsp_blocks > dev.dsp:
-        problems.append(f"asks for {config.dsp_lanes} DSP lanes ({config.dsp_blocks} DSP blocks), device "
-                        f"{dev.name} has {dev.dsp} DSP blocks")
-    if res["lc"] > explore.LC_BUDGET * dev.logic_cells:
-        lut = config.lanes - config.dsp_lanes
-        problems.append(f"needs about {res['lc']} logic cells ({lut} of its {config.lanes} MAC lanes in logic "
-                        f"cells), more than {explore.LC_BUDGET:.0%} of the {dev.logic_cells} of device {dev.name}; "
-                        f"use fewer --lanes")
-    return problems
 
 
 def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
@@ -188,7 +118,7 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     base = AccelConfig(clock_mhz=f_actual, uart_divisor=divisor)
     cands = explore.candidates(brd, sketch, lanes=lanes, dsp_pack=dsp_pack, weights=weights,
                                requantizer=requantizer, low_bit=low_bit(sketch))
-    designs = explore.evaluate(brd, lowered, cands, base_config=base, fit_problems=fit_problems)
+    designs = explore.evaluate(brd, lowered, cands, base_config=base)
     best = explore.choose(designs, objective)
     if best is None:
         # report the problems of the plainest design: the default lane count, saving the most block RAM
@@ -200,7 +130,7 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
                              + "; ".join(best.problems) + ".")
     return Compiled(str(model_path), graph, lowered, best.program, best.image, best.config, brd, best.plan,
                     signature_of(best.image), clock_auto=clock_mhz is None and uart_divisor is None, baud=baud,
-                    designs=designs, objective=objective)
+                    designs=designs, chosen=best, objective=objective)
 
 
 def load_calibration(path):

@@ -97,10 +97,8 @@ def candidates(board, program, *, lanes=None, dsp_pack=None, weights="auto", req
     return out
 
 
-def evaluate(board, lowered, cands, *, base_config: AccelConfig, fit_problems) -> list[Design]:
-    """Cycles, resources and fit problems of each candidate (``fit_problems(board, config, plan, image)``
-    lists what does not fit)."""
-    from .compiler import memory_plan
+def evaluate(board, lowered, cands, *, base_config: AccelConfig) -> list[Design]:
+    """Cycles, resources and fit problems of each candidate."""
     programs, images, designs = {}, {}, []
     for c in cands:
         if c.lanes not in programs:
@@ -112,12 +110,41 @@ def evaluate(board, lowered, cands, *, base_config: AccelConfig, fit_problems) -
         config = AccelConfig(lanes=c.lanes, dsp_lanes=c.dsp_lanes, dsp_pack=c.dsp_pack,
                              clock_mhz=base_config.clock_mhz, uart_divisor=base_config.uart_divisor,
                              weights_in_spram=c.weights == "spram")
-        plan = memory_plan(image, weights_in_spram=c.weights == "spram")
+        plan = cost_model.memory_plan(image, weights_in_spram=c.weights == "spram")
         res = cost_model.resources(image, config, plan)
-        problems = fit_problems(board, config, plan, image, res)
+        problems = fit_problems(board, config, plan, res)
         designs.append(Design(c, programs[c.lanes], image, config, plan,
                               schedule.cycles_per_inference(image), res, problems))
     return designs
+
+
+def fit_problems(board, config: AccelConfig, plan: dict, res: dict) -> list[str]:
+    """What keeps a configuration off the device (empty if it fits): block RAM, SPRAM, DSP blocks and
+    predicted logic cells (``res``, from :func:`zakid_hw.cost_model.resources`)."""
+    dev = board.device
+    problems = []
+    ebr = sum(m["ebr"] for m in plan.values())
+    if ebr > dev.ebr:
+        biggest = sorted(plan.items(), key=lambda kv: -kv[1]["ebr"])[:3]
+        detail = ", ".join(f"{n} {m['bits'] / 8192:.1f} KB ({m['ebr']} blocks)" for n, m in biggest)
+        problems.append(f"needs {ebr} block RAMs ({sum(m['bits'] for m in plan.values() if m['place'] == 'ebr') / 8192:.1f} KB; "
+                        f"largest: {detail}), device {dev.name} has {dev.ebr} ({dev.ebr_bits / 8192:.0f} KB of block RAM"
+                        f"{'; the weights are already in SPRAM' if plan['weights']['place'] == 'spram' else ''}"
+                        f"{'' if 'lines' in plan else '; --requantizer affine stores the thresholds in far fewer bits'})")
+    spram = sum(m["spram"] for m in plan.values())
+    if spram > dev.spram:
+        problems.append(f"the weights need {spram} SPRAM blocks ({plan['weights']['bits'] / 8192:.1f} KB as "
+                        f"{plan['weights']['depth']} words of {plan['weights']['width']} bits), device {dev.name} has "
+                        f"{dev.spram}")
+    if config.dsp_blocks > dev.dsp:
+        problems.append(f"asks for {config.dsp_lanes} DSP lanes ({config.dsp_blocks} DSP blocks), device "
+                        f"{dev.name} has {dev.dsp} DSP blocks")
+    if res["lc"] > LC_BUDGET * dev.logic_cells:
+        lut = config.lanes - config.dsp_lanes
+        problems.append(f"needs about {res['lc']} logic cells ({lut} of its {config.lanes} MAC lanes in logic "
+                        f"cells), more than {LC_BUDGET:.0%} of the {dev.logic_cells} of device {dev.name}; "
+                        f"use fewer --lanes")
+    return problems
 
 
 def order_key(objective: str):
