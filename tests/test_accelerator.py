@@ -5,7 +5,7 @@ import pytest
 
 from rtl_gen.accelerator import Accelerator
 from rtl_gen.config import AccelConfig
-from rtl_gen.spram import ice40_sim_models
+from rtl_gen.spram import sim_sources
 from sim.runner import simulate
 from test_passes import mlp_graph
 from zakid_hw import passes, schedule
@@ -15,9 +15,9 @@ from zakid_hw.simulate import signed_codes
 
 def run_core(program, config, rows, tmp_path, requantizer="tables"):
     image = schedule.memory_image(program, config.lanes, requantizer)
-    extra = [ice40_sim_models()] if config.primitives else []
     res = simulate(Accelerator(config, image), name="accel_core", test_module="core_bench",
-                   test_dir="sim/benches", build_dir=tmp_path / "sim", extra_sources=extra,
+                   test_dir="sim/benches", build_dir=tmp_path / "sim",
+                   extra_sources=sim_sources(config),
                    parameters={"rows": [list(map(int, r)) for r in rows], "out_len": program.out_len})
     return res
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtl_gen.spram import sim_sources
 from rtl_gen.system import AcceleratorSystem
 from sim.runner import simulate
 from zakid_hw import golden
@@ -35,7 +36,7 @@ def make_build_folder(path: Path, compiled) -> Path:
     path.mkdir(parents=True)
     shutil.copy(MODEL, path / "model.onnx")
     c = compiled.config
-    report = {"board": compiled.board.name, "mac_lanes": c.lanes, "clock_mhz": c.clock_mhz,
+    report = {"board": compiled.board.name, "mac_lanes": c.lanes, "dsp_pack": c.dsp_pack, "clock_mhz": c.clock_mhz,
               "host_link": {"baud": round(c.clock_mhz * 1e6 / c.uart_divisor)}}
     (path / "report.json").write_text(json.dumps(report))
     return path
@@ -58,6 +59,7 @@ def device(compiled, tmp_path_factory):
             outcome["result"] = simulate(
                 AcceleratorSystem(compiled.config, compiled.image, compiled.signature), name="zakid_system_pty",
                 test_module="pty_bench", test_dir=REPO / "sim" / "benches", build_dir=cache_dir(),
+                extra_sources=sim_sources(compiled.config),
                 parameters=dict(divisor=DIVISOR, port_file=str(port_file), stop_file=str(stop_file),
                                 max_seconds=300))
         except BaseException as e:  # reported by the fixture

@@ -16,7 +16,7 @@ import numpy as np
 
 from rtl_gen.accelerator import Accelerator, weight_flash_bytes, weight_word_values
 from rtl_gen.flash_loader import load_cycles
-from rtl_gen.spram import ice40_sim_models
+from rtl_gen.spram import sim_sources
 from rtl_gen.system import AcceleratorSystem, weight_loader_params
 from sim.runner import SimulationError, simulate
 
@@ -62,7 +62,7 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False)
     """Run input code rows through the RTL; returns output code rows and cycles per row."""
     rows = [[int(c) for c in r] for r in codes]
     spram = compiled.config.weights_in_spram
-    extra = dict(extra_sources=[ice40_sim_models()]) if compiled.config.primitives else {}
+    sources = sim_sources(compiled.config)
     try:
         if uart:
             config = replace(compiled.config, uart_divisor=SIM_UART_DIVISOR)
@@ -75,7 +75,7 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False)
                 params["flash"] = {"image": image.hex(),
                                    "load_cycles": load_cycles(**weight_loader_params(config, compiled.image))}
             res = simulate(dut, name="zakid_system", test_module="host_link_bench", test_dir=BENCHES,
-                           build_dir=cache_dir(), parameters=params, **extra)
+                           build_dir=cache_dir(), parameters=params, extra_sources=sources)
             if res["info"]["signature"] != compiled.signature:
                 raise ZakidError("the simulated design reported a different model signature")
             out = np.array([r["codes"] for r in res["runs"]], np.int64).reshape(len(rows), -1)
@@ -85,7 +85,7 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False)
         if spram:
             params["weights"] = weight_word_values(compiled.image)
         res = simulate(dut, name="zakid_core", test_module="core_bench", test_dir=BENCHES,
-                       build_dir=cache_dir(), parameters=params, **extra)
+                       build_dir=cache_dir(), parameters=params, extra_sources=sources)
     except SimulationError as e:
         raise ZakidError(f"RTL simulation failed: {e}") from None
     out = signed_codes(np.array(res["outputs"], np.int64).reshape(len(rows), -1), compiled.out_dtype)
