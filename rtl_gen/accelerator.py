@@ -198,7 +198,7 @@ class Accelerator(wiring.Component):
         group_drained = Signal()
         m.d.sync += pending.eq(pending + group_issued - group_drained)
         p_valid = Signal()  # the bias stage holds an output
-        m.d.comb += [ctrl.pending.eq(pending), ctrl.idle.eq((pending == 0) & ~p_valid & ~rq.busy)]
+        m.d.comb += [ctrl.pending.eq(pending), ctrl.drained.eq(group_drained)]
 
         d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
         raw = raw_bytes[d_layer] != 0

@@ -25,7 +25,7 @@ class Controller(wiring.Component):
     Ports:
         start:    in, 1: pulse to begin an inference.
         pending:  in, 2: groups issued whose results have not all left the drain yet.
-        idle:     in, 1: no MAC, drain or requantizer work is in flight.
+        drained:  in, 1: a group's last result leaves the drain this cycle (``pending`` drops by one).
         busy:     out, 1: an inference is running.
         done:     out, 1: one-cycle pulse when the last layer's outputs are all written.
         issue:    out, 1: a MAC step is issued this cycle.
@@ -41,7 +41,12 @@ class Controller(wiring.Component):
         group_n:  out: how many lanes of the current group hold real outputs.
 
     A new group starts only when the previous one will have left the drain before this one ends
-    (``pending == 0``, or ``pending == 1`` when the group has at least as many steps as there are lanes).
+    (``pending == 0``, or ``pending == 1`` when the group has at least as many steps as there are lanes);
+    a group that waits (state GROUP) opens the cycle after the condition holds, the others right after
+    the group before. After a layer's last step the controller loads the next layer's descriptor, sets up
+    its counters and starts it the layer's ``tail`` cycles later (see :func:`zakid_hw.schedule.layer_tails`:
+    when everything is written, or earlier for a dense layer that chains); after the last layer's tail
+    it signals ``done``. The first layer's set-up is done while idle.
     """
 
     def __init__(self, *, descriptors, lanes, w_depth, act_bytes):
@@ -54,7 +59,7 @@ class Controller(wiring.Component):
                                             + d.kh * d.dy + d.kw * d.dx for d in descriptors)) + 1
         self.ch_width = bits_for(max(d.groups for d in descriptors) * lanes)
         super().__init__({
-            "start": In(1), "pending": In(2), "idle": In(1),
+            "start": In(1), "pending": In(2), "drained": In(1),
             "busy": Out(1), "done": Out(1),
             "issue": Out(1), "first": Out(1), "last": Out(1),
             "layer": Out(bits_for(len(descriptors))),
@@ -85,9 +90,17 @@ class Controller(wiring.Component):
         cfg_zero = {n: Signal(name=f"cfg_{n}_zero") for n in LOOP_COUNTS}
         rem = {n: Signal(aw, name=f"rem_{n}") for n in LOOP_COUNTS}
         end = {n: Signal(name=f"end_{n}") for n in LOOP_COUNTS}
+        # the next layer's descriptor (loaded while this one drains) and the first layer's (constants)
+        nxt = {f: Array([*list(table[f])[1:], table[f][-1]]) for f in FIELDS}
+        nxt_zero = {n: Array([*list(zero[n])[1:], zero[n][-1]]) for n in LOOP_COUNTS}
+        nxt_overlap = Array([*list(overlap_ok)[1:], overlap_ok[-1]])
+        first_cfg = {f: table[f][0] for f in FIELDS}
+        first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
+        # cycles from each layer's last step to the next layer's first (to done for the last layer)
+        tails = Array(C(x.tail, bits_for(max(y.tail for y in d))) for x in d)
 
-        def restart(n):
-            return [rem[n].eq(cfg[n]), end[n].eq(cfg_zero[n])]
+        def restart(n, src=cfg, src_zero=cfg_zero):
+            return [rem[n].eq(src[n]), end[n].eq(src_zero[n])]
 
         def step(n):
             return [rem[n].eq(rem[n] - 1), end[n].eq(rem[n] == 1)]
@@ -113,27 +126,37 @@ class Controller(wiring.Component):
         ]
         m.d.sync += self.done.eq(0)
 
-        def init_layer():
-            return [ci.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n)),
-                    a_line.eq(cfg["start"]), a_px.eq(cfg["start"]), a_ky.eq(cfg["start"]), a_kx.eq(cfg["start"]),
-                    iy_px.eq(cfg["iy0"]), ix_px.eq(cfg["ix0"]), iy_k.eq(cfg["iy0"]), ix_k.eq(cfg["ix0"]),
-                    goff.eq(0), ooff.eq(0), o_pix.eq(cfg["out_base"]), self.w_addr.eq(cfg["w_base"])]
+        def init_layer(src=cfg, src_zero=cfg_zero):
+            return [ci.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
+                    a_line.eq(src["start"]), a_px.eq(src["start"]), a_ky.eq(src["start"]), a_kx.eq(src["start"]),
+                    iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
+                    goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"])]
+
+        loaded = Signal()   # FLUSH: cfg holds the next layer's descriptor
+        wait = Signal(bits_for(max(x.tail for x in d)))
+        wait_end = Signal()
+
+        # a group opens only when the drain will be free for it (see the class docstring): checked for this
+        # cycle in GROUP, and for the next cycle at a group's last step and when a layer starts (the state
+        # register takes the answer, so no counter's enable waits for it)
+        def can_open(pending):
+            return (pending == 0) | ((pending == 1) & cfg_overlap)
+        pending_after_last = Signal(3)
+        pending_after_wait = Signal(3)
+        m.d.comb += [pending_after_last.eq(self.pending + 1 - self.drained),
+                     pending_after_wait.eq(self.pending - self.drained)]
 
         with m.FSM():
             with m.State("IDLE"):
+                # the first layer's descriptor and counters are ready before start
+                m.d.sync += [cfg[f].eq(first_cfg[f]) for f in FIELDS]
+                m.d.sync += [cfg_zero[n].eq(first_zero[n]) for n in LOOP_COUNTS]
+                m.d.sync += [cfg_overlap.eq(overlap_ok[0]), *init_layer(first_cfg, first_zero)]
                 with m.If(self.start):
                     m.d.sync += [self.busy.eq(1), self.layer.eq(0)]
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.sync += [cfg[f].eq(table[f][self.layer]) for f in FIELDS]
-                m.d.sync += [cfg_zero[n].eq(zero[n][self.layer]) for n in LOOP_COUNTS]
-                m.d.sync += cfg_overlap.eq(overlap_ok[self.layer])
-                m.next = "INIT"
-            with m.State("INIT"):
-                m.d.sync += init_layer()
-                m.next = "GROUP"
+                    m.next = "ISSUE"
             with m.State("GROUP"):
-                with m.If((self.pending == 0) | ((self.pending == 1) & cfg_overlap)):
+                with m.If(can_open(self.pending)):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += self.issue.eq(1)
@@ -149,7 +172,8 @@ class Controller(wiring.Component):
                                  iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
                     m.d.sync += [ci.eq(0), *restart("ci"), *restart("kw"), *restart("kh")]
-                    m.next = "GROUP"
+                    with m.If(~can_open(pending_after_last)):
+                        m.next = "GROUP"
                     with m.If(~end["groups"]):
                         m.d.sync += [*step("groups"), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]),
                                      a_ky.eq(a_px), a_kx.eq(a_px), iy_k.eq(iy_px), ix_k.eq(ix_px)]
@@ -166,14 +190,26 @@ class Controller(wiring.Component):
                                          a_kx.eq(a_line + cfg["inc_oy"]), ix_px.eq(cfg["ix0"]),
                                          ix_k.eq(cfg["ix0"]), iy_px.eq(iy_px + cfg["sy"]),
                                          iy_k.eq(iy_px + cfg["sy"])]
-                        with m.Else():
+                        with m.Else():  # the layer's last step
+                            tail = tails[self.layer]
+                            m.d.sync += [loaded.eq(0), wait.eq(tail - 2), wait_end.eq(tail == 2)]
                             m.next = "FLUSH"
             with m.State("FLUSH"):
-                with m.If(self.idle):
-                    with m.If(self.layer == n_layers - 1):
-                        m.d.sync += [self.busy.eq(0), self.done.eq(1)]
-                        m.next = "IDLE"
+                # load the next layer's descriptor, then keep its counters initialised until it starts
+                with m.If(~loaded):
+                    m.d.sync += [cfg[f].eq(nxt[f][self.layer]) for f in FIELDS]
+                    m.d.sync += [cfg_zero[n].eq(nxt_zero[n][self.layer]) for n in LOOP_COUNTS]
+                    m.d.sync += [cfg_overlap.eq(nxt_overlap[self.layer]), loaded.eq(1)]
+                with m.Else():
+                    m.d.sync += init_layer()
+                m.d.sync += [wait.eq(wait - 1), wait_end.eq(wait == 1)]
+                with m.If(wait_end & (self.layer == n_layers - 1)):
+                    m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                    m.next = "IDLE"
+                with m.Elif(wait_end):
+                    m.d.sync += self.layer.eq(self.layer + 1)
+                    with m.If(can_open(pending_after_wait)):
+                        m.next = "ISSUE"
                     with m.Else():
-                        m.d.sync += self.layer.eq(self.layer + 1)
-                        m.next = "LOAD"
+                        m.next = "GROUP"
         return m

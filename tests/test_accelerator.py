@@ -64,3 +64,25 @@ def test_worst_case_accumulators_do_not_overflow(tmp_path):
     res = run_core(prog, AccelConfig(lanes=4, dsp_lanes=2), rows, tmp_path)
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(signed_codes(res["outputs"], "int8"), want)
+
+
+def test_chained_layer_starting_one_cycle_earlier_reads_stale_inputs(tmp_path, monkeypatch):
+    """The second dense layer starts while the first still drains (schedule.chain_gaps). The gap is tight:
+    one cycle less and the layer reads an input in the cycle it is written, so it sees the previous
+    inference's code and the outputs go wrong."""
+    rng = np.random.default_rng(3)
+    g = passes.lower_for_hardware(mlp_graph(rng, widths=(13, 8, 5), x_dtype="uint8", h_dtype="int8"))
+    prog = schedule.make_program(g)
+    exact = schedule.chain_gaps(*_gap_inputs(prog, 8))
+    assert exact[1] > schedule.MIN_CHAIN_GAP
+    rows = rng.integers(0, 256, (6, prog.in_len))
+    want = np.stack([prog.accel_golden(r) for r in rows])
+    monkeypatch.setattr(schedule, "chain_gaps", lambda *a: [max(0, v - 1) for v in exact])
+    res = run_core(prog, AccelConfig(lanes=8, dsp_lanes=8), rows, tmp_path)
+    assert (signed_codes(res["outputs"], "int8") != want).any()
+    assert set(res["cycles"]) == {schedule.cycles_per_inference(schedule.memory_image(prog, 8))}
+
+
+def _gap_inputs(prog, lanes):
+    image = schedule.memory_image(prog, lanes)
+    return image.layers, lanes, image.requant_latency, [False, True]

@@ -128,13 +128,13 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
     fed = cost_model.fed_lanes(c.config, c.image, c.memories)
-    for l, d in zip(c.program.layers, c.image.layers):
+    for l, d, cyc in zip(c.program.layers, c.image.layers, schedule.layer_cycles(c.image)):
         g = l.geometry
         layers.append({"name": l.name, "op": l.kind, "input": [g["c_in"], g["h"], g["w"]],
                        "output": [l.n, g["oh"], g["ow"]], "kernel": [g["kh"], g["kw"]], "steps_per_output": l.k,
                        "macs": l.macs, "mac_bound_cycles": -(-l.macs // c.image.lanes),
                        "lane_groups": d.groups * d.oh * d.ow,
-                       "cycles": schedule.layer_cycles(d, c.image),
+                       "cycles": cyc, "overlaps_previous": bool(d.chain_gap),
                        "roofline_cycles": cost_model.layer_roofline(l.macs, fed),
                        "input_type": l.in_dtype, "output_type": l.out_dtype,
                        "requantizer_tables": int(l.thresholds.shape[0])})

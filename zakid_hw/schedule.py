@@ -595,6 +595,9 @@ class LayerDescriptor:
     base_code: int     # as an 8-bit two's complement pattern
     raw_bytes: int = 0  # >0: write each accumulator as this many bytes instead of requantizing it
     out_group_step: int = 0  # bytes between the outputs of consecutive lane groups
+    chain_gap: int = 0  # >0: start this many cycles after the previous layer's last MAC step, while that
+                        # layer still drains (see chain_gaps); 0: once the previous layer is all written
+    tail: int = 0       # cycles from this layer's last MAC step to the next layer's first or to done (layer_tails)
 
 
 @dataclass
@@ -738,9 +741,18 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
                 weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
         bias_values.extend(int(v) for v in b)
     b_width = signed_bits(min(bias_values), max(bias_values))
-    return AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
-                      bias_values, stages, descs, program.in_len, program.out_len,
-                      program.in_storage.base, program.out_storage.base, b_width, all_tables, requantizer)
+    image = AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
+                       bias_values, stages, descs, program.in_len, program.out_len,
+                       program.in_storage.base, program.out_storage.base, b_width, all_tables, requantizer)
+    # chaining needs every byte a layer reads written by the layer before it (no concat of several)
+    st = [program.views[l.output].storage for l in layers]
+    reads_prev = [i > 0 and program.views[l.inputs[0]].storage is st[i - 1] and sum(x is st[i - 1] for x in st) == 1
+                  for i, l in enumerate(layers)]
+    for d, gap in zip(descs, chain_gaps(descs, lanes, image.requant_latency, reads_prev)):
+        d.chain_gap = gap
+    for d, tail in zip(descs, layer_tails(image)):
+        d.tail = tail
+    return image
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -753,40 +765,101 @@ PIPELINE_TO_DRAIN = 7
 REQUANT_EXTRA = 3
 #: cycles after the last raw byte leaves the drain until the layer ends (the bias stage)
 RAW_EXTRA = 1
-#: cycles the controller spends loading a layer's descriptor and setting up its counters
-LAYER_SETUP = 2
 
 
-def layer_cycles(desc: LayerDescriptor, image: AccelImage) -> int:
-    """Exact cycles the controller spends on one layer (tests check it against RTL simulation).
+#: the fewest cycles from a layer's last step to a chained layer's first (the controller loads the next
+#: descriptor, then sets up its counters)
+MIN_CHAIN_GAP = 3
 
-    After its set-up, each group (an output pixel's lane group) costs one cycle to open plus one per
-    MAC step, and it may not open while two earlier groups are still in flight (issued but not yet out
-    of the drain), nor while one is when it has fewer steps than there are lanes (its sums would reach
-    the drain before the drain is free). Each group's sums reach the drain ``PIPELINE_TO_DRAIN`` cycles
-    after its last step and leave it one lane per cycle. After the last group, the drain empties and the
-    requantizer finishes."""
-    lanes = image.lanes
+
+def can_chain(prev: LayerDescriptor, desc: LayerDescriptor, reads_prev_output: bool) -> bool:
+    """Whether ``desc`` may start while ``prev`` still drains: it is a dense layer (step j reads byte
+    ``start + j``, so every input byte has a known first read) whose input is ``prev``'s output, ``prev``
+    is requantized (one byte per lane), and ``desc`` has at least as many steps as ``prev``'s last group
+    has lanes (so its own first write comes after all of ``prev``'s)."""
+    dense = not desc.chan and desc.kh == desc.kw == desc.oh == desc.ow == 1 and not desc.check
+    return reads_prev_output and dense and not desc.is_max and not prev.raw_bytes and desc.k >= prev.n_last
+
+
+def _timeline(descs, lanes: int, requant_latency: int, chained) -> tuple[list[int], list[int], list[int]]:
+    """Per layer: its cycles (first step to the next layer's first step, or to ``done``), its chain
+    gap (0, or cycles from the previous layer's last step to its first; see :func:`layer_cycles`) and its
+    tail (cycles from its last step to the next layer's first step, or to ``done``).
+
+    ``chained[i]``: whether layer i may chain (:func:`can_chain`), or the gap to use as it is when an int."""
     in_flight: list[tuple[int, int]] = []  # (cycle its issue counts, cycle its drain is done) per group
-    t = 0
-    n_groups = desc.groups
-    per_lane = max(1, desc.raw_bytes)  # drain cycles per lane
-    for _ in range(desc.oh * desc.ow):
-        for g in range(n_groups):
-            n = (desc.n_last if g == n_groups - 1 else lanes) * per_lane
-            while True:
-                pending = sum(1 for a, b in in_flight if a <= t < b)
-                if pending == 0 or (pending == 1 and desc.k >= lanes * per_lane):
-                    break
-                t = min(b for a, b in in_flight if a <= t < b)  # wait for the next drain to finish
-            last_step = t + desc.k
-            in_flight = in_flight[-1:] + [(last_step + 1, last_step + PIPELINE_TO_DRAIN + n)]
-            t = last_step + 1
-    if desc.raw_bytes:
-        return LAYER_SETUP + t + desc.n_last * per_lane + PIPELINE_TO_DRAIN + RAW_EXTRA
-    return LAYER_SETUP + t + desc.n_last + PIPELINE_TO_DRAIN + image.requant_latency
+    t, cycles, gaps, tails = 0, [], [0], []
+    for i, desc in enumerate(descs):
+        origin = t
+        per_lane = max(1, desc.raw_bytes)  # drain cycles per lane
+        writes = []  # (first output byte, first lane's write cycle) per group
+        for p in range(desc.oh * desc.ow):
+            for g in range(desc.groups):
+                n = (desc.n_last if g == desc.groups - 1 else lanes) * per_lane
+                waited = False
+                while True:
+                    pending = sum(1 for a, b in in_flight if a <= t < b)
+                    if pending == 0 or (pending == 1 and desc.k >= lanes * per_lane):
+                        break
+                    t = min(b for a, b in in_flight if a <= t < b)  # wait for the next drain to finish
+                    waited = True
+                t += waited  # a group that waited opens the cycle after it may
+                last_step = t + desc.k - 1
+                in_flight = in_flight[-1:] + [(last_step + 1, last_step + PIPELINE_TO_DRAIN + n)]
+                t = last_step + 1
+                writes.append((desc.out_base + p * desc.out_pitch + g * desc.out_group_step,
+                               last_step + PIPELINE_TO_DRAIN + requant_latency))
+        nxt = descs[i + 1] if i + 1 < len(descs) else None
+        gap = 0
+        if nxt is not None and not isinstance(chained[i + 1], bool):
+            gap = chained[i + 1]
+        elif nxt is not None and chained[i + 1]:
+            # step j reads byte start + j; a group's lane l (byte o + l) is written at w0 + l, in a cycle
+            # before the one that reads it when the layer starts at w0 - o + start or later
+            lo, hi = nxt.start, nxt.start + nxt.k
+            need = max((w0 - o + nxt.start for o, w0 in writes if o < hi and o + lanes > lo), default=0)
+            gap = max(MIN_CHAIN_GAP, need - last_step)
+        if gap:
+            t = last_step + gap
+        else:
+            tail = RAW_EXTRA if desc.raw_bytes else requant_latency
+            t = last_step + 1 + desc.n_last * per_lane + PIPELINE_TO_DRAIN + tail
+        cycles.append(t - origin)
+        tails.append(t - last_step)
+        if nxt is not None:
+            gaps.append(gap)
+    return cycles, gaps, tails
+
+
+def chain_gaps(descs, lanes: int, requant_latency: int, reads_prev_output) -> list[int]:
+    """Each layer's ``chain_gap``: the fewest cycles after the previous layer's last step at which every
+    input byte it reads is written in a cycle before the one that reads it (0: it waits until all is
+    written). The write times come from the same timeline as :func:`layer_cycles`."""
+    ok = [False] + [can_chain(p, d, r) for p, d, r in zip(descs, descs[1:], reads_prev_output[1:])]
+    return _timeline(descs, lanes, requant_latency, ok)[1]
+
+
+def layer_tails(image: AccelImage) -> list[int]:
+    """Per layer, the cycles from its last MAC step to the next layer's first (or to ``done``): the
+    controller counts them instead of watching the drain and the requantizer empty."""
+    return _timeline(image.layers, image.lanes, image.requant_latency, [d.chain_gap for d in image.layers])[2]
+
+
+def layer_cycles(image: AccelImage) -> list[int]:
+    """Exact cycles of each layer, from its first MAC step to the next layer's (to ``done`` for the last);
+    tests check the sum against RTL simulation.
+
+    Each group (an output pixel's lane group) costs one cycle per MAC step. It may not open while two
+    earlier groups are still in flight (issued but not yet out of the drain), nor while one is when it
+    has fewer steps than there are lanes (its sums would reach the drain before the drain is free); the
+    groups in flight may be the previous layer's. A group that has to wait opens one cycle after it may. Each group's sums reach the drain
+    ``PIPELINE_TO_DRAIN`` cycles after its last step and leave it one lane per cycle; lane l's code is
+    written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after that step. After the last group the
+    next layer starts ``chain_gap`` cycles after the last step, or once the drain is empty and the
+    requantizer has finished."""
+    return _timeline(image.layers, image.lanes, image.requant_latency, [d.chain_gap for d in image.layers])[0]
 
 
 def cycles_per_inference(image: AccelImage) -> int:
     """Cycles from ``start`` to ``done`` (the core's own counter): the start cycle plus every layer."""
-    return 1 + sum(layer_cycles(d, image) for d in image.layers)
+    return 1 + sum(layer_cycles(image))
