@@ -49,6 +49,52 @@ def configs():
     ]
 
 
+#: model names in the recorded builds -> (ONNX file, calibration file)
+def model_files() -> dict:
+    digits = ROOT / "examples" / "digits" / "digits_mlp_int8.onnx"
+    kws_cal, ad_cal = MODELS / "kws_calib.npy", MODELS / "ad_calib.npy"
+    return {"digits": (digits, None), "tfc": (TFC, None), "mnist-8": (None, "mnist8"),
+            "kws_c64": (MODELS / "kws_dscnn.onnx", kws_cal), "kws_c32": (MODELS / "kws_dscnn_c32.onnx", kws_cal),
+            "ad_small": (MODELS / "ad_autoencoder_small.onnx", ad_cal)}
+
+
+#: bench/models_results.json's model titles -> model_files() keys
+BENCH_NAMES = {"digits": "digits", "mnist-8": "mnist-8", "TFC-w2a2": "tfc", "DS-CNN keyword spotter C=32": "kws_c32",
+               "DS-CNN keyword spotter C=64": "kws_c64", "dense autoencoder": "ad_small"}
+
+
+def recorded() -> list[dict]:
+    """Every recorded real build with its measured resources: these (cost_calibration.json) and the
+    benchmark's (models_results.json), each with ``key`` (a model_files() key) and the compile options
+    that rebuild its configuration."""
+    rows = []
+    for r in json.loads(OUT.read_text()):
+        pinned = dict(dsp_pack=r["dsp_pack"], requantizer=r["requantizer"],
+                      weights="spram" if r["weights_in_spram"] else "ebr")
+        rows.append({"key": r["model"], "options": {**pinned, **r["options"]}, "measured": r["measured"]})
+    bench = json.loads((ROOT / "bench" / "models_results.json").read_text())
+    for r in bench["results"] + bench.get("hx8k", []):
+        if "measured" not in r:
+            continue
+        key = next(v for k, v in BENCH_NAMES.items() if r["model"].startswith(k))
+        rows.append({"key": key, "measured": r["measured"],
+                     "options": dict(device=r["device"], lanes=r["lanes"], dsp_pack=r["dsp_pack"],
+                                     weights=r["weights"], requantizer=r["requantizer"])})
+    return rows
+
+
+def compile_recorded(row):
+    """The recorded build's configuration, compiled with the current cost model."""
+    from zakid_hw import datasets
+    path, cal = model_files()[row["key"]]
+    if cal == "mnist8":  # the benchmark's 100 calibration images
+        x, _ = datasets.mnist_5k()
+        path, cal = datasets.mnist8_path(), x[:100].reshape(-1, 1, 1, 28, 28).astype(np.float32)
+    elif cal is not None:
+        cal = np.load(cal)
+    return compile_model(path, calibration=cal, check_fit=False, **row["options"])
+
+
 def features(c) -> dict:
     return {"lanes": c.config.lanes, "dsp_lanes": c.config.dsp_lanes, "dsp_pack": c.config.dsp_pack,
             "weights_in_spram": c.config.weights_in_spram, "requantizer": c.image.requantizer,
@@ -76,26 +122,25 @@ def run():
 
 
 #: coefficients the builds cannot separate from the others (too few builds vary them): set by hand
-FIXED = {"lane": 20.0, "affine": 300.0, "logic_table_bit": 1.0}
+FIXED = {"lane": 20.0, "acc_bit": 2.675}
 
 
 def fit():
-    """Least-squares logic-cell coefficients from the recorded builds, relative errors weighted equally;
-    the FIXED ones are held."""
-    rows = json.loads(OUT.read_text())
-    bench = json.loads((ROOT / "bench" / "models_results.json").read_text())
-    rows += [r for r in bench["results"] + bench.get("hx8k", []) if "terms" in r and "measured" in r]
+    """Least-squares logic-cell coefficients from the recorded builds (each configuration compiled again,
+    so the terms are the current model's), relative errors weighted equally; the FIXED ones are held."""
+    rows = recorded()
+    terms = [cost_model.lc_terms((c := compile_recorded(r)).image, c.config, c.memories) for r in rows]
     free = [k for k in cost_model.LC if k not in FIXED]
     measured = np.array([r["measured"]["lc"] for r in rows], float)
-    a = np.array([[r["terms"][k] for k in free] for r in rows], float) / measured[:, None]
-    rest = np.array([sum(v * r["terms"][k] for k, v in FIXED.items()) for r in rows], float)
+    a = np.array([[t[k] for k in free] for t in terms], float) / measured[:, None]
+    rest = np.array([sum(v * t[k] for k, v in FIXED.items()) for t in terms], float)
     coef, *_ = np.linalg.lstsq(a, (measured - rest) / measured, rcond=None)
     lc = {**FIXED, **dict(zip(free, coef))}
     for k in cost_model.LC:
         print(f"    {k!r}: {lc[k]:.4g},")
-    for r in rows:
-        pred = sum(lc[k] * r["terms"][k] for k in cost_model.LC)
-        print(f"{r['model'][:10]:10} {r.get('options', r.get('device'))} measured {r['measured']['lc']} fitted "
+    for r, t in zip(rows, terms):
+        pred = sum(lc[k] * t[k] for k in cost_model.LC)
+        print(f"{r['key']:10} {r['options']} measured {r['measured']['lc']} fitted "
               f"{pred:.0f} ({pred / r['measured']['lc'] - 1:+.1%})")
 
 

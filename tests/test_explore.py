@@ -86,36 +86,39 @@ def test_explore_command_on_a_model_that_fits_nowhere(tmp_path):
     assert "no configuration fits" in r.stdout and "logic cells" in r.stdout
 
 
-def real_builds():
-    """Builds recorded by ``python bench/calibrate_cost.py`` and ``python bench/run_models.py``: the cost
-    model's inputs (``terms``), its block RAM/DSP/SPRAM predictions and nextpnr's counts."""
-    rows = json.loads((ROOT / "bench" / "cost_calibration.json").read_text())
-    bench = json.loads((ROOT / "bench" / "models_results.json").read_text())
-    rows += [r for r in bench["results"] + bench.get("hx8k", []) if "terms" in r and "measured" in r]
-    return rows
+sys.path.insert(0, str(ROOT / "bench"))
+from calibrate_cost import compile_recorded, recorded  # noqa: E402
+
+REAL = recorded()
 
 
-REAL = real_builds()
-
-
-@pytest.mark.parametrize("row", REAL, ids=[f"{r['model'].split()[0]}-{r.get('device', 'up5k')}-{r['lanes']}-"
-                                            f"{r['dsp_pack']}" for r in REAL])
+@pytest.mark.parametrize("row", REAL, ids=[f"{r['key']}-{r['options'].get('device', 'up5k')}-{r['options']['lanes']}-"
+                                            f"{r['options']['dsp_pack']}" for r in REAL])
 def test_resource_model_within_15_percent_of_real_builds(row):
-    """The cost model's logic cells against nextpnr's counts of real builds (issue 4: within 15%); DSP and
-    SPRAM blocks exactly."""
-    lc = sum(cost_model.LC[k] * row["terms"][k] for k in cost_model.LC)
-    assert abs(lc - row["measured"]["lc"]) <= 0.15 * row["measured"]["lc"], (lc, row["measured"])
-    # block RAM is not asserted: Yosys's choice between block RAM and logic for small, wide memories is
-    # not modelled well yet (TFC-w2a2 at 32 lanes: 6 predicted, 20 used; see the README's known limits)
-    assert row["predicted"]["dsp"] == row["measured"]["dsp"]
-    assert row["predicted"]["spram"] == row["measured"]["spram"]
+    """The cost model's predictions for each recorded real build's configuration, compiled again, against
+    nextpnr's counts (issue 4: logic cells and block RAMs within 15%; DSP and SPRAM blocks exactly)."""
+    p, m = compile_recorded(row).predicted, row["measured"]
+    assert abs(p["lc"] - m["lc"]) <= 0.15 * m["lc"], (p, m)
+    assert abs(p["ebr"] - m["ebr"]) <= 0.15 * m["ebr"], (p, m)
+    assert (p["dsp"], p["spram"]) == (m["dsp"], m["spram"])
 
 
 def test_real_builds_cover_the_design_space():
+    opts = [r["options"] for r in REAL]
     assert len(REAL) >= 5
-    assert {r["dsp_pack"] for r in REAL} == {1, 2}
-    assert any(r["lanes"] > r["dsp_lanes"] for r in REAL)  # logic-cell lanes
-    assert any(r["weights_in_spram"] if "weights_in_spram" in r else r["weights"] == "spram" for r in REAL)
+    assert {o["dsp_pack"] for o in opts} == {1, 2}
+    assert {o["weights"] for o in opts} == {"ebr", "spram"} and {o["requantizer"] for o in opts} == {"tables", "affine"}
+    assert any(r["measured"]["dsp"] == 0 for r in REAL)  # logic-cell lanes only
+
+
+def test_block_ram_rule_follows_yosys():
+    """Yosys keeps a memory in logic when that is cheaper: 64 per block RAM against 1/16 per bit of a
+    read-only memory and 1 per bit of a written one."""
+    assert cost_model.ebr_blocks(64, 40) == 0                 # 2560 bits / 16 = 160 < 3 blocks (192)
+    assert cost_model.ebr_blocks(128, 40) == 3                # 320 > 192
+    assert cost_model.ebr_blocks(8, 128, read_only=False) == 8  # written: 1024 > 8 blocks (512)
+    assert cost_model.ebr_blocks(2, 128, read_only=False) == 0  # 256 < 512
+    assert cost_model.used_width([0b0101, 0b0111, 0b0001], 4) == 2  # bits 0 and 3 never change
 
 
 def test_seed_list():

@@ -2,7 +2,8 @@
 measured against.
 
 Cycles need no model here: :func:`zakid_hw.schedule.cycles_per_inference` is exact (every RTL test checks
-it). Block RAM and SPRAM come from the memory plan (:func:`memory_plan`). Logic cells
+it). Block RAM and SPRAM come from the memory plan (:func:`memory_plan`), which follows Yosys's own rule
+for putting a memory in block RAM or in logic (:func:`ebr_blocks`). Logic cells
 come from :func:`logic_cells`, a sum of the design's parts whose coefficients were fitted to real builds
 (``python bench/calibrate_cost.py`` rebuilds them and writes ``bench/cost_calibration.json``; the tests
 check the model against those builds and against a fresh one).
@@ -12,62 +13,99 @@ from __future__ import annotations
 
 import math
 
+from rtl_gen.accelerator import weight_word_values
 from rtl_gen.config import AccelConfig
 from rtl_gen.spram import spram_blocks
 
 from . import schedule
 
 #: logic cells per part of the design: ``python bench/calibrate_cost.py --fit`` on the builds recorded in
-#: bench/cost_calibration.json and bench/models_results.json (the ones marked fixed are set by hand)
+#: bench/cost_calibration.json and bench/models_results.json, each compiled again (the ones marked fixed
+#: are set by hand: too few builds vary them)
 LC = {
-    "base": 1042.0,        # host link, UART, controller, drain and bias stage, cycle counter, pipeline
+    "base": 687.1,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
     "lane": 20.0,          # per MAC lane: centring and padding multiplexers, read and weight registers (fixed)
-    "acc_bit": 2.675,      # per lane and accumulator bit: accumulator, max compare, drain register
-    "lut_mult_bit": 19.28,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
-    "affine": 300.0,       # the affine requantizer's extra arithmetic over whole tables (fixed)
-    "logic_table_bit": 1.0,  # per bit of requantizer tables kept in logic cells (fixed)
-    "spram": 626.4,        # the SPI flash loader and SPRAM glue
+    "acc_bit": 2.675,      # per lane and accumulator bit: accumulator, max compare, drain register (fixed)
+    "lut_mult_bit": 20.51,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
+    "affine": 1624.0,      # the affine requantizer's arithmetic (only the DS-CNN builds use it)
+    "logic_rom_bit": 0.283,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
+    "spram": 840.9,        # the SPI flash loader and SPRAM glue
 }
 #: SPRAM bits per cycle per block, and EBR bits per cycle per block (16-bit read ports)
 PORT_BITS = 16
 
-#: requantizer stage memories smaller than this Yosys maps to logic (seen on UP5K builds: 704 bits in
-#: logic, 1408 bits in block RAM)
-SMALL_TABLE_BITS = 1024
 #: EBR aspect ratios (depth, width) of SB_RAM40_4K
 EBR_MODES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
+#: how Yosys's memory_libmap weighs a memory's mappings (its defaults, and ``cost 64`` in
+#: techlibs/ice40/brams.txt): a block RAM costs 64, a bit in logic 1 when the memory is written and 1/16
+#: when it is read-only, every extra address range adds half a read-multiplexer input per data bit and
+#: half a write-enable decoder per enable; the cheapest mapping wins, logic on a tie
+BLOCK_COST = 64
+LOGIC_COST_RAM, LOGIC_COST_ROM = 1.0, 1.0 / 16
+MUX_FACTOR = 0.5
 
 
-def ebr_blocks(depth: int, width: int) -> int:
-    """Block RAMs Yosys needs for one memory of this shape (best aspect ratio)."""
+def used_width(words, width: int) -> int:
+    """Bit columns of a read-only memory that are not the same in every word (Yosys drops the others
+    before it maps the memory)."""
+    mask = (1 << width) - 1
+    ones, zeros = mask, mask
+    for v in words:
+        v = int(v) & mask
+        ones &= v
+        zeros &= ~v & mask
+    return width - bin(ones | zeros).count("1") if len(words) else 0
+
+
+def ebr_blocks(depth: int, width: int, read_only: bool = True, write_enables: int = 1) -> int:
+    """Block RAMs Yosys maps one memory of this shape to, 0 when it keeps the memory in logic (see
+    BLOCK_COST; ``width`` counts only the columns it keeps, :func:`used_width`)."""
     if depth == 0 or width == 0:
         return 0
-    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in EBR_MODES)
+    logic = int(depth * width * (LOGIC_COST_ROM if read_only else LOGIC_COST_RAM))
+    best_cost, best_blocks = None, 0
+    for d, w in EBR_MODES:
+        ranges = math.ceil(depth / d)
+        blocks = math.ceil(ranges * width / w)
+        cost = BLOCK_COST * blocks + MUX_FACTOR * (ranges - 1) * width
+        if not read_only and ranges > 1:
+            cost += MUX_FACTOR * ranges * write_enables
+        if best_cost is None or cost < best_cost:
+            best_cost, best_blocks = cost, blocks
+    return best_blocks if best_cost < logic else 0
 
 
 def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> dict:
-    """Every memory of the design with its size and placement (``ebr`` blocks, or ``spram`` blocks for
-    weights in SPRAM); memories of fewer than 32 words, and requantizer stages of fewer than
-    SMALL_TABLE_BITS bits, end up in logic."""
-    mems = {
-        "weights": (len(image.weight_words), image.weight_word_bits),
-        "biases": (len(image.bias_values), image.b_width),
-        "activations": (image.act_words, 8 * image.lanes),
+    """Every memory of the design with its size and placement: ``ebr`` blocks or logic as Yosys decides
+    (:func:`ebr_blocks`), or ``spram`` blocks for weights in SPRAM. Every memory but the activations is
+    read-only."""
+    mems = {  # name: (depth, declared width, words as integers or None for the written memory)
+        "weights": (len(image.weight_words), image.weight_word_bits, weight_word_values(image)),
+        "biases": (len(image.bias_values), max(1, image.b_width), image.bias_values),
+        "activations": (image.act_words, 8 * image.lanes, None),
     }
     if image.requantizer == "affine":
         at = image.affine
-        mems["lines"] = (len(at.consts), at.n0_width + at.d_width + at.out_bits)
+        mems["lines"] = (len(at.consts), at.n0_width + at.d_width + at.out_bits,
+                         [(n0 & ((1 << at.n0_width) - 1)) | (d << at.n0_width) | (n << (at.n0_width + at.d_width))
+                          for n0, d, n in at.consts])
         stages, width = at.stages, at.e_width
     else:
         stages, width = image.threshold_stages, image.acc_width
     for s, stage in enumerate(stages):
-        mems[f"thresholds{s}"] = (len(stage), width)
-    plan = {name: {"depth": d, "width": w, "bits": d * w, "ebr": ebr_blocks(d, w), "spram": 0, "place": "ebr"}
-            for name, (d, w) in mems.items()}
-    for name, m in plan.items():
-        small_table = (name.startswith("thresholds") or name == "lines") and m["bits"] < SMALL_TABLE_BITS
-        if name != "weights" and (m["depth"] < 32 or small_table):
-            m.update(ebr=0, place="logic")  # a few words: Yosys keeps them in logic
+        if s == 0:
+            mems[f"thresholds{s}"] = (len(stage), width, stage)
+        else:  # a word holds the two candidates that share a prefix (rtl_gen.requantizer.stage_memories)
+            mask = (1 << width) - 1
+            pairs = [(stage[i] & mask) | ((stage[i + 1] & mask) << width) for i in range(0, len(stage), 2)]
+            mems[f"thresholds{s}"] = (len(pairs), 2 * width, pairs)
+    plan = {}
+    for name, (d, w, words) in mems.items():
+        rom = words is not None
+        kept = used_width(words, w) if rom else w
+        blocks = ebr_blocks(d, kept, read_only=rom, write_enables=image.lanes)
+        plan[name] = {"depth": d, "width": w, "bits": d * w, "kept_bits": d * kept, "read_only": rom,
+                      "ebr": blocks, "spram": 0, "place": "ebr" if blocks else "logic"}
     if weights_in_spram:
         cols, rows = spram_blocks(image.weight_word_bits, len(image.weight_words))
         plan["weights"].update(ebr=0, spram=cols * rows, place="spram")
@@ -82,8 +120,7 @@ def lc_terms(image, config: AccelConfig, plan: dict) -> dict:
         "acc_bit": config.lanes * image.acc_width,
         "lut_mult_bit": (config.lanes - config.dsp_lanes) * image.w_width,
         "affine": int(image.requantizer == "affine"),
-        "logic_table_bit": sum(m["bits"] for n, m in plan.items()
-                               if (n.startswith("thresholds") or n == "lines") and m["place"] == "logic"),
+        "logic_rom_bit": sum(m["kept_bits"] for m in plan.values() if m["read_only"] and m["place"] == "logic"),
         "spram": int(config.weights_in_spram),
     }
 
