@@ -41,7 +41,8 @@ class Accelerator(wiring.Component):
         busy:     out, 1: from the cycle after ``start`` until ``done``.
         done:     out, 1: one-cycle pulse when the outputs are ready.
         out_addr: in, addr_width: byte index within the output storage to read (while not busy).
-        out_data: out, 8: the code at ``out_addr``, one cycle after the address.
+        out_data: out, 8: the code at ``out_addr``, two cycles after the address (the read data is
+                  registered: block RAM spread over many blocks reaches it through a multiplexer tree).
         cycles:   out, 32: cycles from ``start`` to ``done`` of the last inference.
 
     With ``config.weights_in_spram`` the weights live in SPRAM, which the bitstream cannot initialise;
@@ -148,7 +149,7 @@ class Accelerator(wiring.Component):
         m.d.comb += sel_next.eq(rd_byte[:lg] if lg else 0)
         m.d.sync += sel.eq(sel_next)
         rd_bytes = Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))
-        m.d.comb += self.out_data.eq(rd_bytes[sel])
+        m.d.sync += self.out_data.eq(rd_bytes[sel])
 
         # --- stage 1: the memories read; stage 2: their data, registered (block RAM spread over many
         # blocks reaches the lanes through a multiplexer tree; a register here keeps it off the MAC path) ---

@@ -132,7 +132,6 @@ class Controller(wiring.Component):
                     iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
                     goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"])]
 
-        loaded = Signal()   # FLUSH: cfg holds the next layer's descriptor
         wait = Signal(bits_for(max(x.tail for x in d)))
         wait_end = Signal()
 
@@ -192,16 +191,14 @@ class Controller(wiring.Component):
                                          iy_k.eq(iy_px + cfg["sy"])]
                         with m.Else():  # the layer's last step
                             tail = tails[self.layer]
-                            m.d.sync += [loaded.eq(0), wait.eq(tail - 2), wait_end.eq(tail == 2)]
+                            m.d.sync += [wait.eq(tail - 2), wait_end.eq(tail == 2)]
                             m.next = "FLUSH"
             with m.State("FLUSH"):
-                # load the next layer's descriptor, then keep its counters initialised until it starts
-                with m.If(~loaded):
-                    m.d.sync += [cfg[f].eq(nxt[f][self.layer]) for f in FIELDS]
-                    m.d.sync += [cfg_zero[n].eq(nxt_zero[n][self.layer]) for n in LOOP_COUNTS]
-                    m.d.sync += [cfg_overlap.eq(nxt_overlap[self.layer]), loaded.eq(1)]
-                with m.Else():
-                    m.d.sync += init_layer()
+                # load the next layer's descriptor, and set up its counters from it (from the second
+                # cycle on they hold the right values; the tail is at least MIN_CHAIN_GAP cycles)
+                m.d.sync += [cfg[f].eq(nxt[f][self.layer]) for f in FIELDS]
+                m.d.sync += [cfg_zero[n].eq(nxt_zero[n][self.layer]) for n in LOOP_COUNTS]
+                m.d.sync += [cfg_overlap.eq(nxt_overlap[self.layer]), *init_layer()]
                 m.d.sync += [wait.eq(wait - 1), wait_end.eq(wait == 1)]
                 with m.If(wait_end & (self.layer == n_layers - 1)):
                     m.d.sync += [self.busy.eq(0), self.done.eq(1)]

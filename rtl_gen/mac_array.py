@@ -25,7 +25,8 @@ class MacArray(wiring.Component):
         w:      in, one signed(w_width) weight per lane.
         valid:  in, 1: take the product of ``x`` and ``w`` this cycle.
         first:  in, 1: this product starts a new sum (the accumulator restarts from zero).
-        is_max: in, 1: keep the largest product instead of the sum (max pooling).
+        is_max: in, 1: keep the largest product instead of the sum (max pooling, whose weights are all 1:
+                the products and their maximum are int8 codes, compared on 8 bits).
         acc:    out, one signed(acc_width) accumulator per lane; a product entered in cycle t is included
                 from cycle t+3 on (input register, product register, accumulator).
 
@@ -78,7 +79,8 @@ class MacArray(wiring.Component):
             acc = self.acc[lane]
             with m.If(valid_d):
                 with m.If(max_d):
-                    m.d.sync += acc.eq(Mux(first_d | (prod > acc), prod, acc))
+                    larger = prod[:X_WIDTH].as_signed() > acc[:X_WIDTH].as_signed()
+                    m.d.sync += acc.eq(Mux(first_d | larger, prod, acc))
                 with m.Else():
                     m.d.sync += acc.eq(Mux(first_d, 0, acc) + prod)
         return m

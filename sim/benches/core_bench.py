@@ -8,7 +8,7 @@ cycle counter) and ``sim_cycles`` (per row, counted by the bench from start to d
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from sim.runner import bench_params, bench_result
 
@@ -52,12 +52,13 @@ async def infer(dut, codes, out_len):
     cycles = int(dut.cycles.value)
     await RisingEdge(dut.clk)
     out = []
-    dut.out_addr.value = 0
     for i in range(out_len):
-        await RisingEdge(dut.clk)  # the read port samples the address set before this edge
-        dut.out_addr.value = min(i + 1, out_len - 1)
+        dut.out_addr.value = i
+        await RisingEdge(dut.clk)  # the read port samples the address
+        await RisingEdge(dut.clk)  # the code is registered
         await ReadOnly()
         out.append(int(dut.out_data.value))
+        await FallingEdge(dut.clk)
     await RisingEdge(dut.clk)
     return out, cycles, sim_cycles
 
