@@ -194,17 +194,11 @@ class Accelerator(wiring.Component):
         d_addr = Signal.like(ctrl.o_addr)
         d_ch = Signal.like(ctrl.ch_base)
         d_layer = Signal.like(ctrl.layer)
-        pending = Signal(2)
-        group_issued = ctrl.issue & ctrl.last
-        group_drained = Signal()
-        m.d.sync += pending.eq(pending + group_issued - group_drained)
         p_valid = Signal()  # the bias stage holds an output
-        m.d.comb += [ctrl.pending.eq(pending), ctrl.drained.eq(group_drained)]
 
         d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
         raw = raw_bytes[d_layer] != 0
         lane_done = ~raw | (d_byte == raw_bytes[d_layer] - 1)
-        m.d.comb += group_drained.eq((d_count == 1) & lane_done)
         with m.If(fin["last"]):
             m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
                          d_layer.eq(fin["layer"]), d_byte.eq(0)]

@@ -24,8 +24,6 @@ class Controller(wiring.Component):
 
     Ports:
         start:    in, 1: pulse to begin an inference.
-        pending:  in, 2: groups issued whose results have not all left the drain yet.
-        drained:  in, 1: a group's last result leaves the drain this cycle (``pending`` drops by one).
         busy:     out, 1: an inference is running.
         done:     out, 1: one-cycle pulse when the last layer's outputs are all written.
         issue:    out, 1: a MAC step is issued this cycle.
@@ -40,10 +38,10 @@ class Controller(wiring.Component):
         ch_base:  out: the group's first output channel.
         group_n:  out: how many lanes of the current group hold real outputs.
 
-    A new group starts only when the previous one will have left the drain before this one ends
-    (``pending == 0``, or ``pending == 1`` when the group has at least as many steps as there are lanes);
-    a group that waits (state GROUP) opens the cycle after the condition holds, the others right after
-    the group before. After a layer's last step the controller loads the next layer's descriptor, sets up
+    The drain takes a group's sums one lane (or one raw byte) per cycle, ``n`` cycles for ``n`` of them,
+    and may take the next group's sums in the cycle it hands on its last: so a group of ``k`` steps opens
+    right after the group before when ``k >= n`` of that group, and otherwise waits (state GROUP) until
+    ``n - k`` cycles have passed, opening the cycle after. After a layer's last step the controller loads the next layer's descriptor, sets up
     its counters and starts it the layer's ``tail`` cycles later (see :func:`zakid_hw.schedule.layer_tails`:
     when everything is written, or earlier for a dense layer that chains); after the last layer's tail
     it signals ``done``. The first layer's set-up is done while idle.
@@ -59,7 +57,7 @@ class Controller(wiring.Component):
                                             + d.kh * d.dy + d.kw * d.dx for d in descriptors)) + 1
         self.ch_width = bits_for(max(d.groups for d in descriptors) * lanes)
         super().__init__({
-            "start": In(1), "pending": In(2), "drained": In(1),
+            "start": In(1),
             "busy": Out(1), "done": Out(1),
             "issue": Out(1), "first": Out(1), "last": Out(1),
             "layer": Out(bits_for(len(descriptors))),
@@ -80,8 +78,11 @@ class Controller(wiring.Component):
         minus = {f: int(f in LOOP_COUNTS) for f in FIELDS}
         table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in FIELDS}
         cfg = {f: Signal(signed(aw), name=f"cfg_{f}") for f in FIELDS}
-        overlap_ok = Array(C(int(x.k >= L * max(1, x.raw_bytes)), 1) for x in d)
-        cfg_overlap = Signal()
+        # per layer: cycles a group waits after a full group and after a pixel's last group (n - k, or 0)
+        def waits(n_of):
+            return Array(C(max(0, n_of(x) * max(1, x.raw_bytes) - x.k), bits_for(L * 8)) for x in d)
+        wait_full, wait_last = waits(lambda x: L), waits(lambda x: x.n_last)
+        cfg_wait_full, cfg_wait_last = Signal.like(wait_full[0]), Signal.like(wait_last[0])
 
         # Loop state. Each loop level has a down-counter of the steps left and a registered flag that says
         # the level is at its last index: the flags are computed a cycle ahead (from the counter, or from
@@ -93,7 +94,8 @@ class Controller(wiring.Component):
         # the next layer's descriptor (loaded while this one drains) and the first layer's (constants)
         nxt = {f: Array([*list(table[f])[1:], table[f][-1]]) for f in FIELDS}
         nxt_zero = {n: Array([*list(zero[n])[1:], zero[n][-1]]) for n in LOOP_COUNTS}
-        nxt_overlap = Array([*list(overlap_ok)[1:], overlap_ok[-1]])
+        nxt_wait_full = Array([*list(wait_full)[1:], wait_full[-1]])
+        nxt_wait_last = Array([*list(wait_last)[1:], wait_last[-1]])
         first_cfg = {f: table[f][0] for f in FIELDS}
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
         # cycles from each layer's last step to the next layer's first (to done for the last layer)
@@ -135,27 +137,23 @@ class Controller(wiring.Component):
         wait = Signal(bits_for(max(x.tail for x in d)))
         wait_end = Signal()
 
-        # a group opens only when the drain will be free for it (see the class docstring): checked for this
-        # cycle in GROUP, and for the next cycle at a group's last step and when a layer starts (the state
-        # register takes the answer, so no counter's enable waits for it)
-        def can_open(pending):
-            return (pending == 0) | ((pending == 1) & cfg_overlap)
-        pending_after_last = Signal(3)
-        pending_after_wait = Signal(3)
-        m.d.comb += [pending_after_last.eq(self.pending + 1 - self.drained),
-                     pending_after_wait.eq(self.pending - self.drained)]
+        # GROUP: cycles left until the drain is free in time for the waiting group (see the class docstring)
+        gwait = Signal.like(cfg_wait_full)
+        gwait_end = Signal()
+        m.d.sync += [gwait.eq(gwait - 1), gwait_end.eq(gwait == 1)]
 
         with m.FSM():
             with m.State("IDLE"):
                 # the first layer's descriptor and counters are ready before start
                 m.d.sync += [cfg[f].eq(first_cfg[f]) for f in FIELDS]
                 m.d.sync += [cfg_zero[n].eq(first_zero[n]) for n in LOOP_COUNTS]
-                m.d.sync += [cfg_overlap.eq(overlap_ok[0]), *init_layer(first_cfg, first_zero)]
+                m.d.sync += [cfg_wait_full.eq(wait_full[0]), cfg_wait_last.eq(wait_last[0]),
+                             *init_layer(first_cfg, first_zero)]
                 with m.If(self.start):
                     m.d.sync += [self.busy.eq(1), self.layer.eq(0)]
                     m.next = "ISSUE"
             with m.State("GROUP"):
-                with m.If(can_open(self.pending)):
+                with m.If(gwait_end):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += self.issue.eq(1)
@@ -171,7 +169,9 @@ class Controller(wiring.Component):
                                  iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
                     m.d.sync += [ci.eq(0), *restart("ci"), *restart("kw"), *restart("kh")]
-                    with m.If(~can_open(pending_after_last)):
+                    gw = Mux(end["groups"], cfg_wait_last, cfg_wait_full)
+                    with m.If(gw != 0):
+                        m.d.sync += [gwait.eq(gw), gwait_end.eq(0)]
                         m.next = "GROUP"
                     with m.If(~end["groups"]):
                         m.d.sync += [*step("groups"), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]),
@@ -198,15 +198,13 @@ class Controller(wiring.Component):
                 # cycle on they hold the right values; the tail is at least MIN_CHAIN_GAP cycles)
                 m.d.sync += [cfg[f].eq(nxt[f][self.layer]) for f in FIELDS]
                 m.d.sync += [cfg_zero[n].eq(nxt_zero[n][self.layer]) for n in LOOP_COUNTS]
-                m.d.sync += [cfg_overlap.eq(nxt_overlap[self.layer]), *init_layer()]
+                m.d.sync += [cfg_wait_full.eq(nxt_wait_full[self.layer]), cfg_wait_last.eq(nxt_wait_last[self.layer]),
+                             *init_layer()]
                 m.d.sync += [wait.eq(wait - 1), wait_end.eq(wait == 1)]
                 with m.If(wait_end & (self.layer == n_layers - 1)):
                     m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                     m.next = "IDLE"
                 with m.Elif(wait_end):
                     m.d.sync += self.layer.eq(self.layer + 1)
-                    with m.If(can_open(pending_after_wait)):
-                        m.next = "ISSUE"
-                    with m.Else():
-                        m.next = "GROUP"
+                    m.next = "ISSUE"  # the tail leaves the drain free in time (schedule.layer_tails)
         return m

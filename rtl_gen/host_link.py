@@ -111,6 +111,12 @@ class HostLink(wiring.Component):
             self.in_data.eq(urx.data),
         ]
 
+        # idx's end tests for the requests and answers, registered: there idx changes on a UART byte, a
+        # frame or at least three cycles before the next test (INFO, whose first byte may go out in its
+        # first cycle, tests idx directly)
+        in_end, out_end, cycles_end = Signal(), Signal(), Signal()
+        m.d.sync += [in_end.eq(idx == self.in_len - 1), out_end.eq(idx == self.out_len - 1), cycles_end.eq(idx == 3)]
+
         timeout = self.rx_timeout_cycles
         silent = Signal(range(timeout + 1)) if timeout else None
 
@@ -146,7 +152,7 @@ class HostLink(wiring.Component):
                     m.d.sync += idx.eq(idx + 1)
                     if silent is not None:
                         m.d.sync += silent.eq(0)
-                    with m.If(idx == self.in_len - 1):
+                    with m.If(in_end):
                         m.next = "START"
                 if silent is not None:
                     with m.Elif(silent == timeout):
@@ -181,7 +187,7 @@ class HostLink(wiring.Component):
             with m.State("SEND"):
                 m.d.comb += [utx.data.eq(txb), utx.valid.eq(1)]
                 with m.If(utx.ready):
-                    with m.If(idx == self.out_len - 1):
+                    with m.If(out_end):
                         m.d.sync += idx.eq(0)
                         m.next = "CYCLES"
                     with m.Else():
@@ -192,6 +198,6 @@ class HostLink(wiring.Component):
                 m.d.comb += [utx.data.eq(self.cycles.word_select(idx[:2], 8)), utx.valid.eq(1)]
                 with m.If(utx.ready):
                     m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx == 3):
+                    with m.If(cycles_end):
                         m.next = "IDLE"
         return m

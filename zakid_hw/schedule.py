@@ -787,7 +787,7 @@ def _timeline(descs, lanes: int, requant_latency: int, chained) -> tuple[list[in
     tail (cycles from its last step to the next layer's first step, or to ``done``).
 
     ``chained[i]``: whether layer i may chain (:func:`can_chain`), or the gap to use as it is when an int."""
-    in_flight: list[tuple[int, int]] = []  # (cycle its issue counts, cycle its drain is done) per group
+    prev = None  # (last step, drain cycles) of the group before, of whichever layer
     t, cycles, gaps, tails = 0, [], [0], []
     for i, desc in enumerate(descs):
         origin = t
@@ -796,16 +796,14 @@ def _timeline(descs, lanes: int, requant_latency: int, chained) -> tuple[list[in
         for p in range(desc.oh * desc.ow):
             for g in range(desc.groups):
                 n = (desc.n_last if g == desc.groups - 1 else lanes) * per_lane
-                waited = False
-                while True:
-                    pending = sum(1 for a, b in in_flight if a <= t < b)
-                    if pending == 0 or (pending == 1 and desc.k >= lanes * per_lane):
-                        break
-                    t = min(b for a, b in in_flight if a <= t < b)  # wait for the next drain to finish
-                    waited = True
-                t += waited  # a group that waited opens the cycle after it may
+                if prev is not None:
+                    may = prev[0] + 1 + max(0, prev[1] - desc.k)  # its sums reach a free drain
+                    if t < may:
+                        if g == p == 0:
+                            raise AssertionError(f"layer {i} starts before the drain is free")  # see chain_gaps
+                        t = may + 1  # a group that waited opens the cycle after it may
                 last_step = t + desc.k - 1
-                in_flight = in_flight[-1:] + [(last_step + 1, last_step + PIPELINE_TO_DRAIN + n)]
+                prev = (last_step, n)
                 t = last_step + 1
                 writes.append((desc.out_base + p * desc.out_pitch + g * desc.out_group_step,
                                last_step + PIPELINE_TO_DRAIN + requant_latency))
@@ -818,7 +816,7 @@ def _timeline(descs, lanes: int, requant_latency: int, chained) -> tuple[list[in
             # before the one that reads it when the layer starts at w0 - o + start or later
             lo, hi = nxt.start, nxt.start + nxt.k
             need = max((w0 - o + nxt.start for o, w0 in writes if o < hi and o + lanes > lo), default=0)
-            gap = max(MIN_CHAIN_GAP, need - last_step)
+            gap = max(MIN_CHAIN_GAP, need - last_step, 1 + prev[1] - nxt.k)  # (the last: can_chain's k >= n_last)
         if gap:
             t = last_step + gap
         else:
@@ -849,11 +847,10 @@ def layer_cycles(image: AccelImage) -> list[int]:
     """Exact cycles of each layer, from its first MAC step to the next layer's (to ``done`` for the last);
     tests check the sum against RTL simulation.
 
-    Each group (an output pixel's lane group) costs one cycle per MAC step. It may not open while two
-    earlier groups are still in flight (issued but not yet out of the drain), nor while one is when it
-    has fewer steps than there are lanes (its sums would reach the drain before the drain is free); the
-    groups in flight may be the previous layer's. A group that has to wait opens one cycle after it may. Each group's sums reach the drain
-    ``PIPELINE_TO_DRAIN`` cycles after its last step and leave it one lane per cycle; lane l's code is
+    Each group (an output pixel's lane group) costs one cycle per MAC step. Its sums reach the drain
+    ``PIPELINE_TO_DRAIN`` cycles after its last step and leave it one lane (or raw byte) per cycle, so a
+    group of k steps after one of n lanes opens right after it only when k >= n; otherwise it may open
+    n - k cycles later and does so the cycle after (the group before may be the previous layer's); lane l's code is
     written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after that step. After the last group the
     next layer starts ``chain_gap`` cycles after the last step, or once the drain is empty and the
     requantizer has finished."""
