@@ -61,6 +61,9 @@ class MacArray(wiring.Component):
                      first_i.eq(self.first), max_i.eq(self.is_max)]
         valid_d, first_d, max_d = Signal(), Signal(), Signal()
         m.d.sync += [valid_d.eq(valid_i), first_d.eq(first_i), max_d.eq(max_i)]
+        held_max = Signal()  # the accumulators hold maxima (the flag of the last product taken)
+        with m.If(valid_d):
+            m.d.sync += held_max.eq(max_d)
         prods = [Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}") for lane in range(self.lanes)]
         if self.dsp_pack == 2:
             # input and product registers inside the DSP block: the same two cycles as below
@@ -76,11 +79,11 @@ class MacArray(wiring.Component):
                     m.d.sync += prod.eq(x[lane] * w[lane])
             else:
                 m.d.sync += prod.eq(shift_add_product(x[lane], w[lane], self.w_width))
-            acc = self.acc[lane]
+            # the running sum, and apart from it the running maximum on 8 bits (short compare path)
+            total, top = Signal(signed(self.acc_width), name=f"sum{lane}"), Signal(signed(X_WIDTH), name=f"max{lane}")
+            code = prod[:X_WIDTH].as_signed()
             with m.If(valid_d):
-                with m.If(max_d):
-                    larger = prod[:X_WIDTH].as_signed() > acc[:X_WIDTH].as_signed()
-                    m.d.sync += acc.eq(Mux(first_d | larger, prod, acc))
-                with m.Else():
-                    m.d.sync += acc.eq(Mux(first_d, 0, acc) + prod)
+                m.d.sync += [total.eq(Mux(first_d, 0, total) + prod),
+                             top.eq(Mux(first_d | (code > top), code, top))]
+            m.d.comb += self.acc[lane].eq(Mux(held_max, top, total))
         return m
