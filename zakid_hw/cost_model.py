@@ -23,13 +23,13 @@ from . import schedule
 #: bench/cost_calibration.json and bench/models_results.json, each compiled again (the ones marked fixed
 #: are set by hand: too few builds vary them)
 LC = {
-    "base": 687.1,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
+    "base": 238.8,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
     "lane": 20.0,          # per MAC lane: centring and padding multiplexers, read and weight registers (fixed)
     "acc_bit": 2.675,      # per lane and accumulator bit: accumulator, max compare, drain register (fixed)
-    "lut_mult_bit": 20.51,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
-    "affine": 1624.0,      # the affine requantizer's arithmetic (only the DS-CNN builds use it)
-    "logic_rom_bit": 0.283,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
-    "spram": 840.9,        # the SPI flash loader and SPRAM glue
+    "lut_mult_bit": 21.53,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
+    "affine": 1420.0,      # the affine requantizer's arithmetic (DS-CNN and HX8K TFC builds)
+    "logic_rom_bit": 0.3485,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
+    "spram": 1196.0,       # the SPI flash loader and SPRAM glue
 }
 #: SPRAM bits per cycle per block, and EBR bits per cycle per block (16-bit read ports)
 PORT_BITS = 16
