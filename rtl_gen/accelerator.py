@@ -145,9 +145,7 @@ class Accelerator(wiring.Component):
             m.d.comb += rd_byte.eq(host_rd)
         m.d.comb += a_rd.addr.eq(word(rd_byte))
         sel = Signal(max(lg, 1))  # the byte within the word read (last cycle's address)
-        sel_next = Signal.like(sel)
-        m.d.comb += sel_next.eq(rd_byte[:lg] if lg else 0)
-        m.d.sync += sel.eq(sel_next)
+        m.d.sync += sel.eq(rd_byte[:lg] if lg else 0)
         rd_bytes = Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))
         m.d.sync += self.out_data.eq(rd_bytes[sel])
 

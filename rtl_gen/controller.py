@@ -91,21 +91,27 @@ class Controller(wiring.Component):
         cfg_zero = {n: Signal(name=f"cfg_{n}_zero") for n in LOOP_COUNTS}
         rem = {n: Signal(aw, name=f"rem_{n}") for n in LOOP_COUNTS}
         end = {n: Signal(name=f"end_{n}") for n in LOOP_COUNTS}
-        # the next layer's descriptor (loaded while this one drains) and the first layer's (constants)
-        nxt = {f: Array([*list(table[f])[1:], table[f][-1]]) for f in FIELDS}
-        nxt_zero = {n: Array([*list(zero[n])[1:], zero[n][-1]]) for n in LOOP_COUNTS}
-        nxt_wait_full = Array([*list(wait_full)[1:], wait_full[-1]])
-        nxt_wait_last = Array([*list(wait_last)[1:], wait_last[-1]])
-        first_cfg = {f: table[f][0] for f in FIELDS}
+        first_cfg = {f: table[f][0] for f in FIELDS}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
         # cycles from each layer's last step to the next layer's first (to done for the last layer)
         tails = Array(C(x.tail, bits_for(max(y.tail for y in d))) for x in d)
+
+        def load(pick):
+            """Every descriptor register from its per-layer table, the entry ``pick(table)`` chooses."""
+            return [*(cfg[f].eq(pick(table[f])) for f in FIELDS), *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS),
+                    cfg_wait_full.eq(pick(wait_full)), cfg_wait_last.eq(pick(wait_last))]
+
+        def next_layers(table):  # entry i: layer i + 1's (the last layer's own for the last)
+            return Array([*list(table)[1:], table[-1]])
+
+        def count_down(counter, at_end):  # a down-counter and its end flag, registered a cycle ahead
+            return [counter.eq(counter - 1), at_end.eq(counter == 1)]
 
         def restart(n, src=cfg, src_zero=cfg_zero):
             return [rem[n].eq(src[n]), end[n].eq(src_zero[n])]
 
         def step(n):
-            return [rem[n].eq(rem[n] - 1), end[n].eq(rem[n] == 1)]
+            return count_down(rem[n], end[n])
 
         ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1))
         a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n) for n in ("a_line", "a_px", "a_ky", "a_kx"))
@@ -140,15 +146,12 @@ class Controller(wiring.Component):
         # GROUP: cycles left until the drain is free in time for the waiting group (see the class docstring)
         gwait = Signal.like(cfg_wait_full)
         gwait_end = Signal()
-        m.d.sync += [gwait.eq(gwait - 1), gwait_end.eq(gwait == 1)]
+        m.d.sync += count_down(gwait, gwait_end)
 
         with m.FSM():
             with m.State("IDLE"):
                 # the first layer's descriptor and counters are ready before start
-                m.d.sync += [cfg[f].eq(first_cfg[f]) for f in FIELDS]
-                m.d.sync += [cfg_zero[n].eq(first_zero[n]) for n in LOOP_COUNTS]
-                m.d.sync += [cfg_wait_full.eq(wait_full[0]), cfg_wait_last.eq(wait_last[0]),
-                             *init_layer(first_cfg, first_zero)]
+                m.d.sync += [*load(lambda table: table[0]), *init_layer(first_cfg, first_zero)]
                 with m.If(self.start):
                     m.d.sync += [self.busy.eq(1), self.layer.eq(0)]
                     m.next = "ISSUE"
@@ -196,11 +199,8 @@ class Controller(wiring.Component):
             with m.State("FLUSH"):
                 # load the next layer's descriptor, and set up its counters from it (from the second
                 # cycle on they hold the right values; the tail is at least MIN_CHAIN_GAP cycles)
-                m.d.sync += [cfg[f].eq(nxt[f][self.layer]) for f in FIELDS]
-                m.d.sync += [cfg_zero[n].eq(nxt_zero[n][self.layer]) for n in LOOP_COUNTS]
-                m.d.sync += [cfg_wait_full.eq(nxt_wait_full[self.layer]), cfg_wait_last.eq(nxt_wait_last[self.layer]),
-                             *init_layer()]
-                m.d.sync += [wait.eq(wait - 1), wait_end.eq(wait == 1)]
+                m.d.sync += [*load(lambda table: next_layers(table)[self.layer]), *init_layer(),
+                             *count_down(wait, wait_end)]
                 with m.If(wait_end & (self.layer == n_layers - 1)):
                     m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                     m.next = "IDLE"

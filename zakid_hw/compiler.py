@@ -19,7 +19,7 @@ from .ir import Graph
 from .onnx_import import load_model
 
 #: default clock per device family member: what nextpnr closes for the generated designs with margin
-#: (every reference model on the UP5K closes 41.5-46 MHz; bench/models_results.md)
+#: (every reference model on the UP5K closed it at 42.0-46.9 MHz; bench/models_results.md)
 DEFAULT_CLOCK_MHZ = {"up5k": 40.5, "hx8k": 36.0, "hx1k": 36.0}
 DEFAULT_BAUD = 115200
 #: weights this narrow (bipolar, ternary, 2-bit) always multiply in logic cells, in this many lanes

@@ -781,12 +781,13 @@ def can_chain(prev: LayerDescriptor, desc: LayerDescriptor, reads_prev_output: b
     return reads_prev_output and dense and not desc.is_max and not prev.raw_bytes and desc.k >= prev.n_last
 
 
-def _timeline(descs, lanes: int, requant_latency: int, chained) -> tuple[list[int], list[int], list[int]]:
+def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[list[int], list[int], list[int]]:
     """Per layer: its cycles (first step to the next layer's first step, or to ``done``), its chain
     gap (0, or cycles from the previous layer's last step to its first; see :func:`layer_cycles`) and its
     tail (cycles from its last step to the next layer's first step, or to ``done``).
 
-    ``chained[i]``: whether layer i may chain (:func:`can_chain`), or the gap to use as it is when an int."""
+    With ``may_chain`` (per layer, :func:`can_chain`'s answer) the gaps are worked out; without it the
+    descriptors' ``chain_gap`` is used."""
     prev = None  # (last step, drain cycles) of the group before, of whichever layer
     t, cycles, gaps, tails = 0, [], [0], []
     for i, desc in enumerate(descs):
@@ -809,9 +810,9 @@ def _timeline(descs, lanes: int, requant_latency: int, chained) -> tuple[list[in
                                last_step + PIPELINE_TO_DRAIN + requant_latency))
         nxt = descs[i + 1] if i + 1 < len(descs) else None
         gap = 0
-        if nxt is not None and not isinstance(chained[i + 1], bool):
-            gap = chained[i + 1]
-        elif nxt is not None and chained[i + 1]:
+        if nxt is not None and may_chain is None:
+            gap = nxt.chain_gap
+        elif nxt is not None and may_chain[i + 1]:
             # step j reads byte start + j; a group's lane l (byte o + l) is written at w0 + l, in a cycle
             # before the one that reads it when the layer starts at w0 - o + start or later
             lo, hi = nxt.start, nxt.start + nxt.k
@@ -840,7 +841,7 @@ def chain_gaps(descs, lanes: int, requant_latency: int, reads_prev_output) -> li
 def layer_tails(image: AccelImage) -> list[int]:
     """Per layer, the cycles from its last MAC step to the next layer's first (or to ``done``): the
     controller counts them instead of watching the drain and the requantizer empty."""
-    return _timeline(image.layers, image.lanes, image.requant_latency, [d.chain_gap for d in image.layers])[2]
+    return _timeline(image.layers, image.lanes, image.requant_latency)[2]
 
 
 def layer_cycles(image: AccelImage) -> list[int]:
@@ -854,7 +855,7 @@ def layer_cycles(image: AccelImage) -> list[int]:
     written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after that step. After the last group the
     next layer starts ``chain_gap`` cycles after the last step, or once the drain is empty and the
     requantizer has finished."""
-    return _timeline(image.layers, image.lanes, image.requant_latency, [d.chain_gap for d in image.layers])[0]
+    return _timeline(image.layers, image.lanes, image.requant_latency)[0]
 
 
 def cycles_per_inference(image: AccelImage) -> int:
