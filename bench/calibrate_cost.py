@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from boards.top import BoardTop  # noqa: E402
+from run_models import mnist_inputs  # noqa: E402
 from rtl_gen.system import AcceleratorSystem  # noqa: E402
-from zakid_hw import cost_model  # noqa: E402
+from zakid_hw import cost_model, datasets  # noqa: E402
 from zakid_hw.compiler import compile_model  # noqa: E402
 from zakid_hw.synth import build_bitstream  # noqa: E402
 
@@ -33,19 +34,18 @@ TFC = ROOT.parent / "shared" / "models" / "tfc" / "TFC_2W2A.onnx"
 
 
 def configs():
-    digits = ROOT / "examples" / "digits" / "digits_mlp_int8.onnx"
-    kws_cal, ad_cal = MODELS / "kws_calib.npy", MODELS / "ad_calib.npy"
+    """The builds this script makes: (model_files() key, compile options)."""
     return [
-        ("digits", digits, None, dict(lanes=16, dsp_pack=2, requantizer="tables", weights="ebr")),
-        ("digits", digits, None, dict(lanes=8, dsp_pack=1, requantizer="tables", weights="ebr")),
-        ("digits", digits, None, dict(lanes=16, dsp_pack=1, requantizer="tables", weights="ebr")),
-        ("digits", digits, None, dict(lanes=4, dsp_pack=1, requantizer="affine", weights="ebr")),
-        ("digits", digits, None, dict(lanes=8, dsp_pack=1, requantizer="tables", weights="spram")),
-        ("tfc", TFC, None, dict(lanes=16)),
-        ("tfc", TFC, None, dict(lanes=8)),
-        ("kws_c64", MODELS / "kws_dscnn.onnx", kws_cal, dict(lanes=8)),
-        ("kws_c32", MODELS / "kws_dscnn_c32.onnx", kws_cal, dict(lanes=8)),
-        ("ad_small", MODELS / "ad_autoencoder_small.onnx", ad_cal, dict(lanes=8)),
+        ("digits", dict(lanes=16, dsp_pack=2, requantizer="tables", weights="ebr")),
+        ("digits", dict(lanes=8, dsp_pack=1, requantizer="tables", weights="ebr")),
+        ("digits", dict(lanes=16, dsp_pack=1, requantizer="tables", weights="ebr")),
+        ("digits", dict(lanes=4, dsp_pack=1, requantizer="affine", weights="ebr")),
+        ("digits", dict(lanes=8, dsp_pack=1, requantizer="tables", weights="spram")),
+        ("tfc", dict(lanes=16)),
+        ("tfc", dict(lanes=8)),
+        ("kws_c64", dict(lanes=8)),
+        ("kws_c32", dict(lanes=8)),
+        ("ad_small", dict(lanes=8)),
     ]
 
 
@@ -85,11 +85,9 @@ def recorded() -> list[dict]:
 
 def compile_recorded(row):
     """The recorded build's configuration, compiled with the current cost model."""
-    from zakid_hw import datasets
     path, cal = model_files()[row["key"]]
     if cal == "mnist8":  # the benchmark's 100 calibration images
-        x, _ = datasets.mnist_5k()
-        path, cal = datasets.mnist8_path(), x[:100].reshape(-1, 1, 1, 28, 28).astype(np.float32)
+        path, cal = datasets.mnist8_path(), mnist_inputs(np.arange(100))[0]
     elif cal is not None:
         cal = np.load(cal)
     return compile_model(path, calibration=cal, check_fit=False, **row["options"])
@@ -104,11 +102,12 @@ def features(c) -> dict:
 
 def run():
     rows = json.loads(OUT.read_text()) if OUT.exists() else []
-    for name, path, cal, kw in configs():
+    for name, kw in configs():
+        path = model_files()[name][0]
         if not Path(path).exists():
             print(f"skip {name}: {path} missing")
             continue
-        c = compile_model(path, calibration=None if cal is None else np.load(cal), **kw)
+        c = compile_recorded({"key": name, "options": kw})
         t = time.time()
         with tempfile.TemporaryDirectory() as d:
             top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))

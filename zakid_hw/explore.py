@@ -98,23 +98,26 @@ def candidates(board, program, *, lanes=None, dsp_pack=None, weights="auto", req
 
 
 def evaluate(board, lowered, cands, *, base_config: AccelConfig) -> list[Design]:
-    """Cycles, resources and fit problems of each candidate."""
-    programs, images, designs = {}, {}, []
+    """Cycles, resources and fit problems of each candidate. Candidates that differ only in DSP packing
+    share their image, cycles and memory plan (each is worked out once)."""
+    programs, images, cycles, plans, designs = {}, {}, {}, {}, []
     for c in cands:
         if c.lanes not in programs:
             programs[c.lanes] = schedule.make_program(lowered, c.lanes)
         key = (c.lanes, c.requantizer)
         if key not in images:
             images[key] = schedule.memory_image(programs[c.lanes], c.lanes, c.requantizer)
+            cycles[key] = schedule.cycles_per_inference(images[key])
         image = images[key]
+        if (key, c.weights) not in plans:
+            plans[key, c.weights] = cost_model.memory_plan(image, weights_in_spram=c.weights == "spram")
+        plan = plans[key, c.weights]
         config = AccelConfig(lanes=c.lanes, dsp_lanes=c.dsp_lanes, dsp_pack=c.dsp_pack,
                              clock_mhz=base_config.clock_mhz, uart_divisor=base_config.uart_divisor,
                              weights_in_spram=c.weights == "spram")
-        plan = cost_model.memory_plan(image, weights_in_spram=c.weights == "spram")
         res = cost_model.resources(image, config, plan)
         problems = fit_problems(board, config, plan, res)
-        designs.append(Design(c, programs[c.lanes], image, config, plan,
-                              schedule.cycles_per_inference(image), res, problems))
+        designs.append(Design(c, programs[c.lanes], image, config, plan, cycles[key], res, problems))
     return designs
 
 
