@@ -69,7 +69,7 @@ def recorded() -> list[dict]:
     that rebuild its configuration."""
     rows = []
     for r in json.loads(OUT.read_text()):
-        pinned = dict(dsp_pack=r["dsp_pack"], requantizer=r["requantizer"],
+        pinned = dict(dsp_pack=r["dsp_pack"], requantizer=r["requantizer"], pixels=r.get("pixels", 1),
                       weights="spram" if r["weights_in_spram"] else "ebr")
         rows.append({"key": r["model"], "options": {**pinned, **r["options"]}, "measured": r["measured"]})
     bench = json.loads((ROOT / "bench" / "models_results.json").read_text())
@@ -79,7 +79,7 @@ def recorded() -> list[dict]:
         key = next(v for k, v in BENCH_NAMES.items() if r["model"].startswith(k))
         rows.append({"key": key, "measured": r["measured"],
                      "options": dict(device=r["device"], lanes=r["lanes"], dsp_pack=r["dsp_pack"],
-                                     weights=r["weights"], requantizer=r["requantizer"])})
+                                     pixels=r.get("pixels", 1), weights=r["weights"], requantizer=r["requantizer"])})
     return rows
 
 
@@ -94,7 +94,7 @@ def compile_recorded(row):
 
 
 def features(c) -> dict:
-    return {"lanes": c.config.lanes, "dsp_lanes": c.config.dsp_lanes, "dsp_pack": c.config.dsp_pack,
+    return {"lanes": c.config.lanes, "dsp_lanes": c.config.dsp_lanes, "dsp_pack": c.config.dsp_pack, "pixels": c.config.pixels,
             "weights_in_spram": c.config.weights_in_spram, "requantizer": c.image.requantizer,
             "acc_width": c.image.acc_width, "w_width": c.image.w_width,
             "terms": cost_model.lc_terms(c.image, c.config, c.memories), "predicted": c.predicted}

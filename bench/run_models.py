@@ -79,9 +79,9 @@ def run(name, path, calib, xs, opts=None, device="up5k"):
         fits = str(e)
     res = simulate_model(c, xs)
     exact = bool(np.array_equal(res.outputs.reshape(-1), golden_outputs(c, xs).reshape(-1)))
-    fed = cost_model.fed_lanes(c.config, c.image, c.memories)
-    roofline = sum(cost_model.layer_roofline(l.macs, fed) for l in c.program.layers)
+    roofline = sum(cost_model.layer_rooflines(c.config, c.image, c.memories, c.program.layers))
     row.update(macs=c.program.macs, lanes=c.config.lanes, dsp_lanes=c.config.dsp_lanes, dsp_pack=c.config.dsp_pack,
+               pixels=c.config.pixels,
                cycles_per_inference=res.cycles[0], roofline_cycles=roofline,
                device_limit_cycles=-(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
                rtl_equals_golden=exact, weights=c.memories["weights"]["place"], requantizer=c.image.requantizer,

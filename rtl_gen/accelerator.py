@@ -55,6 +55,12 @@ class Accelerator(wiring.Component):
     Activations live in one memory of ``lanes``-byte words, written a byte at a time; every tensor has
     its own byte range (the compiler's allocation), so residual inputs stay alive and layers never read
     what they write.
+
+    With ``config.pixels == 2`` a second MAC array (bank B) runs one cycle behind the first (bank A) on
+    the same weights: in a pair layer (:func:`zakid_hw.schedule.pairable`) bank A works on output pixel
+    2p and bank B on pixel 2p + 1. Each input word is read twice per ``lanes`` steps, A's at the word's
+    first step and B's at its second, and held in a register per bank while its bytes are used; the
+    drain writes A's outputs, then B's.
     """
 
     def __init__(self, config: AccelConfig, image):
@@ -101,6 +107,10 @@ class Accelerator(wiring.Component):
                                               act_bytes=img.act_bytes)
         m.submodules.macs = macs = MacArray(lanes=L, dsp_lanes=self.config.dsp_lanes, w_width=img.w_width,
                                             acc_width=img.acc_width, dsp_pack=self.config.dsp_pack)
+        paired = self.config.pixels == 2
+        if paired:  # bank B: pointwise layers only, so it neither pads nor takes maxima
+            m.submodules.macs_b = macs_b = MacArray(lanes=L, dsp_lanes=L, w_width=img.w_width, acc_width=img.acc_width,
+                                                    dsp_pack=2, max_pool=False)
         aw = ctrl.addr_width
         if img.requantizer == "affine":
             rq = AffineRequantizer(width=img.acc_width, tables=img.affine, tag_width=aw)
@@ -118,6 +128,7 @@ class Accelerator(wiring.Component):
         per_channel, base_code = per_layer("per_channel", 1), per_layer("base_code", 8)
         raw_bytes = per_layer("raw_bytes", 4)  # 0: requantize; n: write the accumulator as n bytes
         b_base = per_layer("b_base", max(1, len(img.bias_values).bit_length()))
+        pair_out = Array(C(d.pair_out, signed(aw)) for d in descs)
 
         def word(byte_addr):
             return byte_addr[lg:lg + waw] if lg + waw <= len(byte_addr) else byte_addr[lg:]
@@ -125,11 +136,12 @@ class Accelerator(wiring.Component):
         # --- stage 0: the controller's step, registered (its address sums stay off the memory inputs) ---
         s0 = dict(valid=Signal(), first=Signal(), last=Signal(), layer=Signal.like(ctrl.layer),
                   base=Signal.like(ctrl.o_addr), ch=Signal.like(ctrl.ch_base), n=Signal.like(ctrl.group_n),
-                  inb=Signal(), rd=Signal.like(ctrl.rd_addr), w=Signal.like(ctrl.w_addr))
+                  inb=Signal(), rd=Signal.like(ctrl.rd_addr), w=Signal.like(ctrl.w_addr), pb=Signal(), hold=Signal(),
+                  rdb=Signal())
         m.d.sync += [s0["valid"].eq(ctrl.issue), s0["first"].eq(ctrl.first), s0["last"].eq(ctrl.issue & ctrl.last),
                      s0["layer"].eq(ctrl.layer), s0["base"].eq(ctrl.o_addr), s0["ch"].eq(ctrl.ch_base),
                      s0["n"].eq(ctrl.group_n), s0["inb"].eq(ctrl.rd_valid), s0["rd"].eq(ctrl.rd_addr),
-                     s0["w"].eq(ctrl.w_addr)]
+                     s0["w"].eq(ctrl.w_addr), s0["pb"].eq(ctrl.pair_b), s0["hold"].eq(ctrl.hold), s0["rdb"].eq(ctrl.rd_b)]
         if self.config.weights_in_spram:
             m.d.comb += spram.raddr.eq(s0["w"])
         else:
@@ -154,11 +166,13 @@ class Accelerator(wiring.Component):
         s1 = {k: Signal.like(v, name=f"s1_{k}") for k, v in s0.items() if k not in ("rd", "w")}
         m.d.sync += [s1[k].eq(s0[k]) for k in s1]
         s1["sel"] = sel
-        s2 = {k: Signal.like(v, name=f"s2_{k}") for k, v in s1.items()}
-        m.d.sync += [s2[k].eq(v) for k, v in s1.items()]
-        word_q = Signal.like(a_rd.data)
+        s2 = {k: Signal.like(v, name=f"s2_{k}") for k, v in s1.items() if k not in ("hold", "rdb")}
+        m.d.sync += [s2[k].eq(s1[k]) for k in s2]
+        word_q = Signal.like(a_rd.data)  # bank A's input word (in a pair layer: held from the word's first step)
         w_q = Signal(w_layout)
-        m.d.sync += [word_q.eq(a_rd.data), w_q.eq(w_rd if self.config.weights_in_spram else w_rd.data)]
+        m.d.sync += w_q.eq(w_rd if self.config.weights_in_spram else w_rd.data)
+        with m.If(~s1["hold"]):
+            m.d.sync += word_q.eq(a_rd.data)
         lay = s2["layer"]
         q_bytes = Array(word_q[8 * i: 8 * i + 8] for i in range(L))
 
@@ -176,9 +190,22 @@ class Accelerator(wiring.Component):
             m.d.comb += macs.x[lane].eq(centered(code))
         m.d.comb += [macs.w.eq(w_q), macs.valid.eq(s2["valid"]),
                      macs.first.eq(s2["first"]), macs.is_max.eq(is_max[lay])]
+        if paired:
+            # bank B: pixel B's word (read at the word's second step), its bytes a cycle behind bank A's
+            word_b = Signal.like(a_rd.data)
+            with m.If(s1["rdb"]):
+                m.d.sync += word_b.eq(a_rd.data)
+            s3 = dict(sel=Signal.like(sel), valid=Signal(), first=Signal(), layer=Signal.like(lay))
+            w_b = Signal(w_layout)
+            m.d.sync += [s3["sel"].eq(s2["sel"]), s3["valid"].eq(s2["valid"]), s3["first"].eq(s2["first"]),
+                         s3["layer"].eq(lay), w_b.eq(w_q)]
+            b_bytes = Array(word_b[8 * i: 8 * i + 8] for i in range(L))
+            x_b = Mux(in_signed[s3["layer"]], b_bytes[s3["sel"]], b_bytes[s3["sel"]] ^ 0x80).as_signed()
+            m.d.comb += [*(macs_b.x[lane].eq(x_b) for lane in range(L)), macs_b.w.eq(w_b),
+                         macs_b.valid.eq(s3["valid"]), macs_b.first.eq(s3["first"]), macs_b.is_max.eq(0)]
 
         # the group's sums are final three cycles after its last step entered the MAC array
-        delay = [{k: s2[k] for k in ("last", "n", "base", "ch", "layer")}]
+        delay = [{k: s2[k] for k in ("last", "n", "base", "ch", "layer", "pb")}]
         for i in range(3):
             prev = delay[-1]
             nxt = {k: Signal.like(v, name=f"d{i}_{k}") for k, v in prev.items()}
@@ -207,11 +234,30 @@ class Accelerator(wiring.Component):
                              d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
             with m.Else():
                 m.d.sync += d_byte.eq(d_byte + 1)
+        d_out = drain[0]  # the sum handed to the bias stage
+        if paired:
+            # bank B's sums are final a cycle after bank A's; the drain hands them out after A's (pair
+            # layers are requantized: one cycle per lane) from a register that is only loaded, never shifted
+            drain_b, fin_d = Signal(acc_layout), Signal()
+            b_pend, in_b, b_idx = Signal(), Signal(), Signal(range(L))
+            b_addr, b_ch, b_n = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count)
+            m.d.sync += fin_d.eq(fin["last"])
+            with m.If(fin_d):
+                m.d.sync += drain_b.eq(macs_b.acc)
+            with m.If(fin["last"]):
+                m.d.sync += [in_b.eq(0), b_idx.eq(0), b_pend.eq(fin["pb"]), b_addr.eq(fin["base"] + pair_out[fin["layer"]]),
+                             b_ch.eq(fin["ch"]), b_n.eq(fin["n"])]
+            with m.Elif(d_count != 0):
+                with m.If((d_count == 1) & b_pend):  # A's last: B's first next
+                    m.d.sync += [d_count.eq(b_n), d_addr.eq(b_addr), d_ch.eq(b_ch), in_b.eq(1), b_pend.eq(0)]
+                with m.Elif(in_b):
+                    m.d.sync += b_idx.eq(b_idx + 1)
+            d_out = Mux(in_b, drain_b[b_idx], drain[0])
         # --- bias: the drained sum plus its output channel's bias ---------------------------------------
         p_acc, p_tag = Signal.like(drain[0]), Signal.like(d_addr)
         p_ch, p_layer, p_byte, p_raw = Signal.like(d_ch), Signal.like(d_layer), Signal.like(d_byte), Signal()
         m.d.comb += b_rd.addr.eq(b_base[d_layer] + d_ch)
-        m.d.sync += [p_valid.eq(d_count != 0), p_acc.eq(drain[0]), p_tag.eq(d_addr), p_ch.eq(d_ch),
+        m.d.sync += [p_valid.eq(d_count != 0), p_acc.eq(d_out), p_tag.eq(d_addr), p_ch.eq(d_ch),
                      p_layer.eq(d_layer), p_byte.eq(d_byte), p_raw.eq(raw)]
         biased = Signal(signed(img.acc_width))
         m.d.comb += biased.eq(p_acc + b_rd.data)

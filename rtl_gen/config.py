@@ -14,6 +14,10 @@ class AccelConfig:
                   multipliers in logic cells. 0 on devices without DSPs.
     dsp_pack:     lanes per DSP block: 1 (a 16x16 multiplier inferred by Yosys) or 2 (SB_MAC16 instantiated
                   in its two-8x8 mode, for weights of at most 8 bits; see :mod:`rtl_gen.dsp`).
+    pixels:       output pixels a weight word serves per cycle: 1, or 2 (a second bank of ``lanes``
+                  accumulators works on the next output pixel of a pointwise layer with the same weights,
+                  see :func:`zakid_hw.schedule.pairable`; every lane of both banks in DSP blocks, two per
+                  block).
     clock_mhz:    the clock the design runs at (the PLL output, or the board oscillator).
     uart_divisor: clock cycles per UART bit (clock / baud); simulation uses a small one.
     weights_in_spram: keep the weights in SPRAM (iCE40 UP5K), loaded from SPI flash at start-up by
@@ -28,6 +32,7 @@ class AccelConfig:
     uart_divisor: int = 104
     weights_in_spram: bool = False
     flash_clk_div: int = 2
+    pixels: int = 1
 
     def __post_init__(self):
         if self.lanes < 1:
@@ -36,13 +41,22 @@ class AccelConfig:
             raise ValueError("dsp_lanes must lie between 0 and lanes")
         if self.dsp_pack not in (1, 2) or self.dsp_lanes % self.dsp_pack:
             raise ValueError("dsp_pack must be 1 or 2, and divide dsp_lanes")
+        if self.pixels not in (1, 2):
+            raise ValueError("pixels must be 1 or 2")
+        if self.pixels == 2 and (self.dsp_pack != 2 or self.dsp_lanes != self.lanes or self.lanes < 2):
+            raise ValueError("pixels=2 needs every lane in DSP blocks, two per block (dsp_pack=2), and 2 lanes or more")
         if self.uart_divisor < 4:
             raise ValueError("uart_divisor must be at least 4")
 
     @property
     def dsp_blocks(self) -> int:
         """DSP blocks the MAC lanes use."""
-        return self.dsp_lanes // self.dsp_pack
+        return self.dsp_lanes * self.pixels // self.dsp_pack
+
+    @property
+    def multipliers(self) -> int:
+        """Products per cycle: lanes times pixels."""
+        return self.lanes * self.pixels
 
     @property
     def primitives(self) -> bool:

@@ -9,7 +9,7 @@ from amaranth.utils import bits_for
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
 FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "inc_ky", "inc_ox", "inc_oy",
           "check", "iy0", "ix0", "sy", "sx", "dy", "dx", "h", "w", "out_base", "out_pitch", "n_last",
-          "w_base", "out_group_step")
+          "w_base", "out_group_step", "pair", "b_last", "pair_in")
 
 
 LOOP_COUNTS = ("ci", "kw", "kh", "groups", "ow", "oh")
@@ -37,6 +37,12 @@ class Controller(wiring.Component):
         o_addr:   out: byte address of the group's first output.
         ch_base:  out: the group's first output channel.
         group_n:  out: how many lanes of the current group hold real outputs.
+        pair_b:   out, 1: a pair layer's group whose second pixel (B) exists (see
+                  :func:`zakid_hw.schedule.pairable`; it is missing from the last pair of an odd count).
+        hold:     out, 1: a pair layer's step that uses the input word read at the word's first step
+                  (every step but the first of ``lanes``): the word register keeps its value.
+        rd_b:     out, 1: this step reads pixel B's word (the second step of each word of a pair layer;
+                  the B lanes take its bytes one cycle behind the A lanes).
 
     The drain takes a group's sums one lane (or one raw byte) per cycle, ``n`` cycles for ``n`` of them,
     and may take the next group's sums in the cycle it hands on its last: so a group of ``k`` steps opens
@@ -65,6 +71,7 @@ class Controller(wiring.Component):
             "w_addr": Out(bits_for(max(w_depth - 1, 1))),
             "o_addr": Out(signed(self.addr_width)), "ch_base": Out(self.ch_width),
             "group_n": Out(bits_for(lanes)),
+            "pair_b": Out(1), "hold": Out(1), "rd_b": Out(1),
         })
 
     def elaborate(self, platform):
@@ -114,6 +121,9 @@ class Controller(wiring.Component):
             return count_down(rem[n], end[n])
 
         ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1))
+        ci_rd = Signal(signed(aw))  # the byte of the step's read within the pixel: ci, plus pair_in for B's
+        lg = (L - 1).bit_length()
+        word_pos = ci[:lg] if lg else C(0, 1)  # the step's byte within its input word
         a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n) for n in ("a_line", "a_px", "a_ky", "a_kx"))
         iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
         goff = Signal(self.ch_width)
@@ -126,7 +136,10 @@ class Controller(wiring.Component):
         m.d.comb += [
             self.first.eq(first),
             self.last.eq(group_end),
-            self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci)),
+            self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci_rd)),
+            self.pair_b.eq(cfg["pair"][0] & (~(end["ow"] & end["oh"]) | cfg["b_last"][0])),
+            self.hold.eq(cfg["pair"][0] & (word_pos != 0)),
+            self.rd_b.eq(cfg["pair"][0] & (word_pos == 1)),
             self.rd_valid.eq(~cfg["check"][0] | inside),
             self.o_addr.eq(o_pix + ooff),
             self.ch_base.eq(goff),
@@ -135,7 +148,7 @@ class Controller(wiring.Component):
         m.d.sync += self.done.eq(0)
 
         def init_layer(src=cfg, src_zero=cfg_zero):
-            return [ci.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
+            return [ci.eq(0), ci_rd.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
                     a_line.eq(src["start"]), a_px.eq(src["start"]), a_ky.eq(src["start"]), a_kx.eq(src["start"]),
                     iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
                     goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"])]
@@ -162,16 +175,18 @@ class Controller(wiring.Component):
                 m.d.comb += self.issue.eq(1)
                 m.d.sync += [self.w_addr.eq(self.w_addr + 1), first.eq(group_end)]
                 with m.If(~end["ci"]):
-                    m.d.sync += [ci.eq(ci + 1), *step("ci")]
+                    # a pair layer's next step reads B's word when this one is its word's first
+                    m.d.sync += [ci.eq(ci + 1), ci_rd.eq(ci + 1 + Mux(cfg["pair"][0] & (word_pos == 0), cfg["pair_in"], 0)),
+                                 *step("ci")]
                 with m.Elif(~end["kw"]):
-                    m.d.sync += [ci.eq(0), *restart("ci"), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
+                    m.d.sync += [ci.eq(0), ci_rd.eq(0), *restart("ci"), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
                                  ix_k.eq(ix_k + cfg["dx"])]
                 with m.Elif(~end["kh"]):
-                    m.d.sync += [ci.eq(0), *restart("ci"), *restart("kw"), *step("kh"),
+                    m.d.sync += [ci.eq(0), ci_rd.eq(0), *restart("ci"), *restart("kw"), *step("kh"),
                                  a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
                                  iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
-                    m.d.sync += [ci.eq(0), *restart("ci"), *restart("kw"), *restart("kh")]
+                    m.d.sync += [ci.eq(0), ci_rd.eq(0), *restart("ci"), *restart("kw"), *restart("kh")]
                     gw = Mux(end["groups"], cfg_wait_last, cfg_wait_full)
                     with m.If(gw != 0):
                         m.d.sync += [gwait.eq(gw), gwait_end.eq(0)]

@@ -113,6 +113,8 @@ class SpiFlashLoader(wiring.Component):
         rx_bit = Signal(3)
         byte_i = Signal(range(nbytes))
         word_i = Signal(self.addr_width)
+        # the last byte of a word, the last word: registered flags, so the end tests are single bits
+        byte_last, word_last = Signal(init=nbytes == 1), Signal(init=self.n_words == 1)
         word = Signal(8 * nbytes)  # bytes of the current word, the latest at the top; complete with mem_we
         m.d.comb += self.mem_data.eq(word[:self.word_bits])
         rx_next = Cat(self.cipo, rx[:7])
@@ -169,11 +171,13 @@ class SpiFlashLoader(wiring.Component):
                 def data_fall():
                     m.d.sync += [rx.eq(rx_next), rx_bit.eq(rx_bit + 1)]
                     with m.If(rx_bit == 7):  # a byte is complete
-                        m.d.sync += [word.eq(word_next), byte_i.eq(byte_i + 1)]
-                        with m.If(byte_i == nbytes - 1):  # a word is complete
-                            m.d.sync += [byte_i.eq(0), word_i.eq(word_i + 1), self.mem_we.eq(1),
+                        m.d.sync += [word.eq(word_next), byte_i.eq(byte_i + 1),
+                                     byte_last.eq(byte_i == nbytes - 2)]
+                        with m.If(byte_last):  # a word is complete
+                            m.d.sync += [byte_i.eq(0), byte_last.eq(nbytes == 1), word_i.eq(word_i + 1),
+                                         word_last.eq(word_i == self.n_words - 2), self.mem_we.eq(1),
                                          self.mem_addr.eq(word_i)]
-                            with m.If(word_i == self.n_words - 1):
+                            with m.If(word_last):
                                 m.d.sync += self.cs_n.eq(1)
                                 m.next = "DONE"
                 clock_bit(data_fall)

@@ -33,15 +33,16 @@ class MacArray(wiring.Component):
     Lanes ``0 .. dsp_lanes-1`` multiply in DSP blocks: with ``dsp_pack=1`` an inferred multiplier each
     (Yosys maps it to one SB_MAC16 on iCE40 UP5K), with ``dsp_pack=2`` two lanes per SB_MAC16 in its
     two-8x8 mode (:class:`rtl_gen.dsp.DualMul8`, weights of at most 8 bits). The other lanes use
-    :func:`shift_add_product`.
+    :func:`shift_add_product`. With ``max_pool=False`` the lanes only sum (``is_max`` is ignored) and keep no
+    running maximum.
     """
 
-    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width, dsp_pack=1):
+    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width, dsp_pack=1, max_pool=True):
         if dsp_pack not in (1, 2) or (dsp_pack == 2 and (w_width > 8 or dsp_lanes % 2)):
             raise ValueError(f"dsp_pack={dsp_pack} needs 1, or 2 with weights of at most 8 bits and an even "
                              f"number of DSP lanes (w_width={w_width}, dsp_lanes={dsp_lanes})")
         self.lanes, self.dsp_lanes, self.w_width, self.acc_width = lanes, dsp_lanes, w_width, acc_width
-        self.dsp_pack = dsp_pack
+        self.dsp_pack, self.max_pool = dsp_pack, max_pool
         super().__init__({
             "x": In(data.ArrayLayout(signed(X_WIDTH), lanes)),
             "w": In(data.ArrayLayout(signed(w_width), lanes)),
@@ -83,7 +84,8 @@ class MacArray(wiring.Component):
             total, top = Signal(signed(self.acc_width), name=f"sum{lane}"), Signal(signed(X_WIDTH), name=f"max{lane}")
             code = prod[:X_WIDTH].as_signed()
             with m.If(valid_d):
-                m.d.sync += [total.eq(Mux(first_d, 0, total) + prod),
-                             top.eq(Mux(first_d | (code > top), code, top))]
-            m.d.comb += self.acc[lane].eq(Mux(held_max, top, total))
+                m.d.sync += total.eq(Mux(first_d, 0, total) + prod)
+                if self.max_pool:
+                    m.d.sync += top.eq(Mux(first_d | (code > top), code, top))
+            m.d.comb += self.acc[lane].eq(Mux(held_max, top, total) if self.max_pool else total)
         return m

@@ -137,6 +137,20 @@ def cnn_c(rng, dtype="int8"):
     return b.graph(t)
 
 
+def cnn_pw(rng, dtype="int8"):
+    """pointwise layers that can run two pixels at once with 4 lanes: 15 pixels (the last pair has no second
+    pixel) with 12 outputs (a partial lane group), a depthwise layer between, 6 pixels after a max pool (whole
+    pairs), then a dense layer."""
+    b = IRBuilder(rng, (1, 8, 3, 5), dtype, "cnn_pw")
+    t = b.conv("x", 12, k=(1, 1), pads=(0, 0, 0, 0))
+    t = b.conv(t, 12, group=12)
+    t = b.conv(t, 16, k=(1, 1), pads=(0, 0, 0, 0), out_dtype="uint8")
+    t = b.maxpool(t, k=(1, 2), strides=(1, 2))
+    t = b.conv(t, 8, k=(1, 1), pads=(0, 0, 0, 0))
+    t = b.dense(b.flatten(t), 5)
+    return b.graph(t)
+
+
 def cnn_raw(rng, dtype="int8"):
     """a conv whose last dense layer hands its raw accumulators to the host (as QONNX models end)."""
     b = IRBuilder(rng, (1, 2, 4, 4), dtype, "cnn_raw")

@@ -12,25 +12,30 @@ from zakid_hw.ir import dtype_range
 from zakid_hw.simulate import signed_codes
 
 
-@pytest.mark.parametrize("make,lanes,dsp_lanes,dtype,requantizer", [
-    (irzoo.cnn_a, 4, 2, "int8", "tables"),
-    (irzoo.cnn_b, 8, 8, "uint8", "tables"),
-    (irzoo.cnn_c, 4, 4, "int8", "tables"),
-    (irzoo.cnn_c, 8, 8, "uint8", "affine"),
-    (irzoo.cnn_raw, 4, 4, "uint8", "affine"),
+@pytest.mark.parametrize("make,lanes,dsp_lanes,dtype,requantizer,pixels", [
+    (irzoo.cnn_a, 4, 2, "int8", "tables", 1),
+    (irzoo.cnn_b, 8, 8, "uint8", "tables", 1),
+    (irzoo.cnn_c, 4, 4, "int8", "tables", 1),
+    (irzoo.cnn_c, 8, 8, "uint8", "affine", 1),
+    (irzoo.cnn_raw, 4, 4, "uint8", "affine", 1),
+    (irzoo.cnn_pw, 4, 4, "uint8", "tables", 2),  # three pointwise layers on two pixels at once
 ])
-def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, tmp_path):
+def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pixels, tmp_path):
     rng = np.random.default_rng(lanes)
     g = passes.lower_for_hardware(make(rng, dtype))
-    prog = schedule.make_program(g, lanes)
+    prog = schedule.make_program(g, lanes, pixels)
     lo, hi = dtype_range(dtype)
     xs = rng.integers(lo, hi + 1, (6, *g.tensors[g.inputs[0]].shape[1:]))
     xs[0] = lo
     xs[1] = hi
     rows = np.stack([prog.to_codes(x) for x in xs])
-    res = run_core(prog, AccelConfig(lanes=lanes, dsp_lanes=dsp_lanes), rows, tmp_path, requantizer)
+    config = AccelConfig(lanes=lanes, dsp_lanes=dsp_lanes, dsp_pack=pixels, pixels=pixels)
+    res = run_core(prog, config, rows, tmp_path, requantizer)
     got = signed_codes(res["outputs"], prog.out_code_dtype)
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)
     image = schedule.memory_image(prog, lanes, requantizer)
     assert set(res["cycles"]) == {schedule.cycles_per_inference(image)}
+    if pixels == 2:
+        assert [d.pair for d in image.layers] == [1, 0, 1, 0, 1, 0]
+        assert [d.b_last for d in image.layers if d.pair] == [0, 0, 1]

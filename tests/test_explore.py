@@ -74,7 +74,7 @@ def test_explore_command_prints_the_front_and_writes_a_plot(tmp_path):
     r = subprocess.run([sys.executable, "-m", "zakid_hw.cli", "explore", str(DIGITS), "--plot", "front.svg"],
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "| *P | 16 | 16 | 2 | ebr | tables |" in r.stdout
+    assert "| *P | 16 | 1 | 16 | 2 | ebr | tables |" in r.stdout
     svg = (tmp_path / "front.svg").read_text()
     assert svg.startswith("<svg") and "polyline" in svg and "chosen: 16 lanes" in svg
 

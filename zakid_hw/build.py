@@ -127,15 +127,16 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
     res = {k: {"used": v.used, "total": v.total} for k, v in synth.resources.items()
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
-    fed = cost_model.fed_lanes(c.config, c.image, c.memories)
-    for l, d, cyc in zip(c.program.layers, c.image.layers, schedule.layer_cycles(c.image)):
+    roofs = cost_model.layer_rooflines(c.config, c.image, c.memories, c.program.layers)
+    for l, d, cyc, roof in zip(c.program.layers, c.image.layers, schedule.layer_cycles(c.image), roofs):
         g = l.geometry
         layers.append({"name": l.name, "op": l.kind, "input": [g["c_in"], g["h"], g["w"]],
                        "output": [l.n, g["oh"], g["ow"]], "kernel": [g["kh"], g["kw"]], "steps_per_output": l.k,
-                       "macs": l.macs, "mac_bound_cycles": -(-l.macs // c.image.lanes),
+                       "macs": l.macs, "mac_bound_cycles": -(-l.macs // (c.image.lanes * (2 if d.pair else 1))),
+                       "two_pixels": bool(d.pair),
                        "lane_groups": d.groups * d.oh * d.ow,
                        "cycles": cyc, "overlaps_previous": bool(d.chain_gap),
-                       "roofline_cycles": cost_model.layer_roofline(l.macs, fed),
+                       "roofline_cycles": roof,
                        "input_type": l.in_dtype, "output_type": l.out_dtype,
                        "requantizer_tables": int(l.thresholds.shape[0])})
     return {
@@ -149,12 +150,13 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "mac_lanes": c.config.lanes,
         "dsp_lanes": c.config.dsp_lanes,
         "dsp_pack": c.config.dsp_pack,
+        "pixels": c.config.pixels,
         "exploration": {"objective": c.objective, "configurations": len(c.designs),
                         "fitting": sum(d.fits for d in c.designs), "predicted_resources": c.predicted},
         "roofline_cycles": sum(l["roofline_cycles"] for l in layers),
         "device_limit_cycles": -(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
         "cycles_per_inference": cycles,
-        "mac_bound_cycles": -(-c.program.macs // c.config.lanes),
+        "mac_bound_cycles": sum(l["mac_bound_cycles"] for l in layers),
         "clock_mhz": round(clock, 3),
         "fmax_mhz": round(synth.fmax_mhz, 2) if synth.fmax_mhz else None,
         "timing_met": synth.timing_met,
@@ -187,7 +189,8 @@ def text_report(r: dict) -> str:
         f"zakid-hw build of {r['model']} for {r['board']} ({r['device']})",
         f"  model:       {r['macs']} MACs in {len(r['layers'])} layers ({r['source_format']})",
         f"  accelerator: {r['mac_lanes']} MAC lanes ({r['dsp_lanes']} in DSPs"
-        f"{', two per SB_MAC16' if r.get('dsp_pack') == 2 else ''}), clock {r['clock_mhz']} MHz "
+        f"{', two per SB_MAC16' if r.get('dsp_pack') == 2 else ''})"
+        f"{', x 2 output pixels in pointwise layers' if r.get('pixels') == 2 else ''}, clock {r['clock_mhz']} MHz "
         f"(Fmax {r['fmax_mhz']} MHz{'' if r['timing_met'] else ', TIMING NOT MET'})",
         f"  speed:       {r['cycles_per_inference']} cycles = {r['latency_us']} us per inference, "
         f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, device limit "

@@ -27,6 +27,10 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dsp-pack", type=int, choices=(1, 2),
                    help="int8 products per DSP block: 1 (inferred 16x16 multiplier) or 2 (SB_MAC16 in its "
                         "two-8x8 mode; weights of at most 8 bits); default: chosen by the exploration")
+    p.add_argument("--pixels", type=int, choices=(1, 2),
+                   help="output pixels per weight word: 2 adds a second bank of lanes that works on the next "
+                        "pixel of pointwise layers with the same weights (every lane in DSP blocks, two per "
+                        "block); default: chosen by the exploration")
     p.add_argument("--objective", choices=("latency", "area"), default="latency",
                    help="what the exploration minimises among the configurations that fit (default latency)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="clock frequency (default: per device)")
@@ -100,7 +104,7 @@ def compile_from_args(a, model):
     from .compiler import compile_model
     calib = load_npy(a.calibration, "calibration") if a.calibration else None
     return compile_model(model, calibration=calib, fpga=a.fpga, device=a.device, board=a.board,
-                         lanes=a.lanes, dsp_pack=a.dsp_pack, clock_mhz=a.clock, baud=a.baud, weights=a.weights,
+                         lanes=a.lanes, dsp_pack=a.dsp_pack, pixels=a.pixels, clock_mhz=a.clock, baud=a.baud, weights=a.weights,
                          requantizer=a.requantizer, objective=a.objective,
                          check_fit=not getattr(a, "ignore_fit", False) and a.command != "explore")
 
@@ -176,13 +180,14 @@ def cmd_run(a) -> int:
         board, lanes, clock, baud = rep["board"], rep["mac_lanes"], rep["clock_mhz"], rep["host_link"]["baud"]
         weights = rep.get("weights_memory", "ebr")
         dsp_pack = rep.get("dsp_pack", 1)
+        pixels = rep.get("pixels", 1)
         requantizer = rep.get("requantizer", "tables")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ZakidError(f"{rep_path} is not a report written by 'zakid-hw build' ({type(e).__name__}: {e}); "
                          f"rebuild {bdir} with 'zakid-hw build'") from None
     calib = load_npy(bdir / "calibration.npy", "calibration") if (bdir / "calibration.npy").exists() else None
     c = compile_model(bdir / "model.onnx", calibration=calib, board=board, lanes=lanes, clock_mhz=clock,
-                      weights=weights, requantizer=requantizer, dsp_pack=dsp_pack)
+                      weights=weights, requantizer=requantizer, dsp_pack=dsp_pack, pixels=pixels)
     from .simulate import to_codes
     codes = to_codes(c, load_npy(a.input, "input"))
     with protocol.SerialLink(a.port, baudrate=baud) as link:

@@ -91,11 +91,11 @@ def default_lanes(board: Board, program: schedule.Program) -> int:
 
 def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
                   dsp_pack=None, clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto",
-                  requantizer="auto", objective="latency", check_fit=True) -> Compiled:
+                  requantizer="auto", objective="latency", check_fit=True, pixels=None) -> Compiled:
     """Import, lower and schedule a model, and pick its configuration for a board: every candidate
     configuration (:mod:`zakid_hw.explore`) is costed and the fastest that fits (``objective="latency"``) or
     the smallest (``"area"``) is taken. ``lanes``, ``dsp_pack`` (1 or 2 int8 products per DSP block),
-    ``weights`` ("ebr" or "spram") and ``requantizer`` ("tables" or "affine", see
+    ``pixels`` (1 or 2 output pixels per weight word), ``weights`` ("ebr" or "spram") and ``requantizer`` ("tables" or "affine", see
     :mod:`zakid_hw.threshold_tables`) pin a dimension instead ("auto" or None leaves it open).
     ``check_fit=False`` lets a design that is too big for the device still be simulated."""
     brd = select_board(fpga, device, board)  # check names before the (slower) import
@@ -118,13 +118,17 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     divisor = uart_divisor or max(4, round(f_actual * 1e6 / baud))
     base = AccelConfig(clock_mhz=f_actual, uart_divisor=divisor)
     cands = explore.candidates(brd, sketch, lanes=lanes, dsp_pack=dsp_pack, weights=weights,
-                               requantizer=requantizer, low_bit=low_bit(sketch))
+                               requantizer=requantizer, low_bit=low_bit(sketch), pixels=pixels)
     designs = explore.evaluate(brd, lowered, cands, base_config=base)
+    if not designs:
+        raise ZakidError("--pixels 2: no layer of this model can run two output pixels at once (that needs a "
+                         "pointwise convolution: 1x1 kernel, stride 1, no padding, input channels a multiple of "
+                         "the lanes and at least twice as many steps as lanes)")
     best = explore.choose(designs, objective)
     if best is None:
         # report the problems of the plainest design: the default lane count, saving the most block RAM
         n = default_lanes(brd, sketch) if lanes is None else lanes
-        best = min(designs, key=lambda d: (d.candidate.lanes != n, d.candidate.dsp_pack, len(d.problems),
+        best = min(designs, key=lambda d: (d.candidate.lanes != n, d.candidate.dsp_pack, d.candidate.pixels, len(d.problems),
                                            d.resources["ebr"]))
         if check_fit:
             raise ZakidError(f"The model does not fit the {brd.device.part} on board {brd.name}: "

@@ -116,8 +116,8 @@ def lc_terms(image, config: AccelConfig, plan: dict) -> dict:
     """How many of each part of :data:`LC` the design has."""
     return {
         "base": 1,
-        "lane": config.lanes,
-        "acc_bit": config.lanes * image.acc_width,
+        "lane": config.multipliers,
+        "acc_bit": config.multipliers * image.acc_width,
         "lut_mult_bit": (config.lanes - config.dsp_lanes) * image.w_width,
         "affine": int(image.requantizer == "affine"),
         "logic_rom_bit": sum(m["kept_bits"] for m in plan.values() if m["read_only"] and m["place"] == "logic"),
@@ -147,6 +147,13 @@ def fed_lanes(config: AccelConfig, image, plan: dict) -> int:
 def layer_roofline(macs: int, lanes: int) -> int:
     """Fewest cycles a layer of ``macs`` multiply-accumulates can take on ``lanes`` multipliers."""
     return -(-macs // max(1, lanes))
+
+
+def layer_rooflines(config: AccelConfig, image, plan: dict, layers) -> list[int]:
+    """Each layer's roofline: its MACs over the lanes the weight memory feeds (:func:`fed_lanes`), twice
+    as many products for a layer that runs two pixels on each weight word (``pair``)."""
+    fed = fed_lanes(config, image, plan)
+    return [layer_roofline(l.macs, fed * (2 if d.pair else 1)) for l, d in zip(layers, image.layers)]
 
 
 def device_multipliers(device, w_bits: int) -> int:

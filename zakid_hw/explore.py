@@ -2,7 +2,8 @@
 and predicted resources, the Pareto front of latency against logic cells, and the choice ``build`` makes.
 
 A configuration (:class:`Candidate`) is a lane count, the DSP packing (one or two int8 products per
-SB_MAC16), where the weights live (block RAM or SPRAM) and the requantizer's table form. Cycles come from
+SB_MAC16), the output pixels a weight word serves (two: a second bank of lanes for pointwise layers),
+where the weights live (block RAM or SPRAM) and the requantizer's table form. Cycles come from
 the exact cycle model (:func:`zakid_hw.schedule.cycles_per_inference`), resources from
 :mod:`zakid_hw.cost_model`; all candidates run at the same target clock, so the fastest is the one with
 the fewest cycles.
@@ -32,11 +33,14 @@ class Candidate:
     dsp_pack: int      # int8 products per DSP block (1 or 2)
     weights: str       # "ebr" or "spram"
     requantizer: str   # "tables" or "affine"
+    pixels: int = 1    # output pixels per weight word (2: two banks of lanes, see AccelConfig)
 
     def label(self) -> str:
-        mult = f"{self.dsp_lanes} DSP{' x2' if self.dsp_pack == 2 else ''}" if self.dsp_lanes else "0 DSP"
+        dsp = self.dsp_lanes * self.pixels
+        mult = f"{dsp} DSP{' x2' if self.dsp_pack == 2 else ''}" if dsp else "0 DSP"
         lut = self.lanes - self.dsp_lanes
-        return (f"{self.lanes} lanes ({mult}{f' + {lut} LUT' if lut else ''}), weights {self.weights}, "
+        banks = " x 2 pixels" if self.pixels == 2 else ""
+        return (f"{self.lanes} lanes{banks} ({mult}{f' + {lut} LUT' if lut else ''}), weights {self.weights}, "
                 f"{self.requantizer}")
 
 
@@ -82,8 +86,18 @@ def dsp_options(device, w_width: int, low_bit: bool, dsp_pack: int | None) -> li
     return [1, 2] if w_width <= 8 else [1]
 
 
+def pixel_options(pixels: int | None) -> tuple:
+    if pixels is None:
+        return (1, 2)
+    if pixels not in (1, 2):
+        raise ZakidError(f"--pixels must be 1 or 2, got {pixels}")
+    return (pixels,)
+
+
 def candidates(board, program, *, lanes=None, dsp_pack=None, weights="auto", requantizer="auto",
-               low_bit=False) -> list[Candidate]:
+               low_bit=False, pixels=None) -> list[Candidate]:
+    """Every configuration to cost. Two pixels per weight word need every lane of both banks in DSP
+    blocks, two per block."""
     dev = board.device
     out = []
     for L in lane_choices(program, lanes):
@@ -91,33 +105,43 @@ def candidates(board, program, *, lanes=None, dsp_pack=None, weights="auto", req
             dsp_lanes = 0 if (low_bit or not dev.dsp) else min(L, dev.dsp * pack) // pack * pack
             if pack == 2 and dsp_lanes < 2:
                 continue
-            for w in (("ebr", "spram") if dev.spram else ("ebr",)) if weights == "auto" else (weights,):
-                for rq in ("tables", "affine") if requantizer == "auto" else (requantizer,):
-                    out.append(Candidate(L, dsp_lanes, pack, w, rq))
+            for px in pixel_options(pixels):
+                if px == 2 and not (pack == 2 and dsp_lanes == L and L <= dev.dsp):
+                    continue
+                for w in (("ebr", "spram") if dev.spram else ("ebr",)) if weights == "auto" else (weights,):
+                    for rq in ("tables", "affine") if requantizer == "auto" else (requantizer,):
+                        out.append(Candidate(L, dsp_lanes, pack, w, rq, px))
+    if not out and pixels == 2:
+        raise ZakidError("--pixels 2 needs a device with DSP blocks, weights of at most 8 bits and at most as "
+                         f"many lanes as DSP blocks ({dev.name} has {dev.dsp})")
     return out
 
 
 def evaluate(board, lowered, cands, *, base_config: AccelConfig) -> list[Design]:
     """Cycles, resources and fit problems of each candidate. Candidates that differ only in DSP packing
-    share their image, cycles and memory plan (each is worked out once)."""
+    share their image, cycles and memory plan (each is worked out once). Two-pixel candidates of a model
+    with no layer that can pair (:func:`zakid_hw.schedule.pairable`) are left out."""
     programs, images, cycles, plans, designs = {}, {}, {}, {}, []
     for c in cands:
-        if c.lanes not in programs:
-            programs[c.lanes] = schedule.make_program(lowered, c.lanes)
-        key = (c.lanes, c.requantizer)
+        pk = (c.lanes, c.pixels)
+        if pk not in programs:
+            programs[pk] = schedule.make_program(lowered, c.lanes, c.pixels)
+        key = (c.lanes, c.pixels, c.requantizer)
         if key not in images:
-            images[key] = schedule.memory_image(programs[c.lanes], c.lanes, c.requantizer)
+            images[key] = schedule.memory_image(programs[pk], c.lanes, c.requantizer)
             cycles[key] = schedule.cycles_per_inference(images[key])
         image = images[key]
+        if c.pixels == 2 and not any(d.pair for d in image.layers):
+            continue
         if (key, c.weights) not in plans:
             plans[key, c.weights] = cost_model.memory_plan(image, weights_in_spram=c.weights == "spram")
         plan = plans[key, c.weights]
-        config = AccelConfig(lanes=c.lanes, dsp_lanes=c.dsp_lanes, dsp_pack=c.dsp_pack,
+        config = AccelConfig(lanes=c.lanes, dsp_lanes=c.dsp_lanes, dsp_pack=c.dsp_pack, pixels=c.pixels,
                              clock_mhz=base_config.clock_mhz, uart_divisor=base_config.uart_divisor,
                              weights_in_spram=c.weights == "spram")
         res = cost_model.resources(image, config, plan)
         problems = fit_problems(board, config, plan, res)
-        designs.append(Design(c, programs[c.lanes], image, config, plan, cycles[key], res, problems))
+        designs.append(Design(c, programs[pk], image, config, plan, cycles[key], res, problems))
     return designs
 
 
@@ -178,12 +202,12 @@ def pareto(designs: list[Design]) -> list[Design]:
 def table(designs: list[Design], clock_mhz: float, chosen: Design | None = None) -> str:
     """The designs as a markdown table: Pareto-optimal ones marked, the chosen one starred."""
     front = {id(d) for d in pareto(designs)}
-    lines = ["| | lanes | DSP lanes | per DSP | weights | requantizer | cycles | latency µs | LC | DSP | EBR | "
-             "SPRAM | fits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| | lanes | pixels | DSP lanes | per DSP | weights | requantizer | cycles | latency µs | LC | DSP | EBR | "
+             "SPRAM | fits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in sorted(designs, key=lambda d: (not d.fits, d.cycles, d.resources["lc"])):
         c, r = d.candidate, d.resources
         mark = ("*" if d is chosen else "") + ("P" if id(d) in front else "")
-        lines.append(f"| {mark} | {c.lanes} | {c.dsp_lanes} | {c.dsp_pack} | {c.weights} | {c.requantizer} | "
+        lines.append(f"| {mark} | {c.lanes} | {c.pixels} | {c.dsp_lanes} | {c.dsp_pack} | {c.weights} | {c.requantizer} | "
                      f"{d.cycles} | {d.latency_us(clock_mhz):.2f} | {r['lc']} | {r['dsp']} | {r['ebr']} | "
                      f"{r['spram']} | {'yes' if d.fits else 'no: ' + '; '.join(d.problems)} |")
     return "\n".join(lines) + "\n"

@@ -146,6 +146,7 @@ class Program:
     views: dict = field(default_factory=dict)       # IR tensor -> View
     storages: list = field(default_factory=list)    # every Storage, allocated
     act_bytes: int = 0        # bytes of activation memory the storages need
+    pixels: int = 1           # output pixels per weight word (2: pairable layers run two pixels at once)
 
     @property
     def in_storage(self) -> Storage:
@@ -228,8 +229,10 @@ def from_storage(codes: np.ndarray, s: Storage) -> np.ndarray:
 # partition
 
 
-def make_program(graph: Graph, lanes: int = 8) -> Program:
-    """Partition a lowered graph (see module docstring); a ZakidError names any node that does not fit."""
+def make_program(graph: Graph, lanes: int = 8, pixels: int = 1) -> Program:
+    """Partition a lowered graph (see module docstring) for ``lanes`` lanes and ``pixels`` output pixels
+    per weight word (see :class:`rtl_gen.config.AccelConfig`); a ZakidError names any node that does not
+    fit."""
     nodes = list(graph.nodes)
     i = 0
     while i < len(nodes) and nodes[i].op in HOST_PRE_OPS:
@@ -313,8 +316,8 @@ def make_program(graph: Graph, lanes: int = 8) -> Program:
         for t in layer.inputs[1:]:
             if views[t].storage.pitch != views[layer.inputs[0]].storage.pitch:
                 raise ZakidError(f"add node {layer.name!r}: its inputs are stored with different channel layouts")
-    act_bytes = allocate(storages, lanes, overlaps(layers, views, lanes))
-    return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes)
+    act_bytes = allocate(storages, lanes, overlaps(layers, views, lanes, pixels))
+    return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes, pixels)
 
 
 def _plan_concat(graph, n: Node, views, new_storage):
@@ -445,11 +448,26 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
     return Layer(n.name, kind, inputs, out, w, bias, thresholds, base, in_dtype, out_dtype, acc_range, geo)
 
 
-def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int) -> int:
+def pairable(layer: Layer, src: View, dst: View, lanes: int) -> bool:
+    """Whether a layer may run two output pixels at once on a ``pixels=2`` design (one weight word feeds
+    both banks of lanes): a pointwise broadcast layer (1x1 kernel, stride 1, no padding, so output pixel
+    p reads input pixel p and the pixels may be taken in pairs across rows) with whole memory words per
+    input pixel (the second pixel's word is read in the cycle after the first's and both are held while
+    their ``lanes`` bytes are used) and at least ``2 * lanes`` steps per group (so the drain, two pixels'
+    outputs, never holds a group up)."""
+    g = layer.geometry
+    return (layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
+            and g["kh"] == g["kw"] == g["sy"] == g["sx"] == 1 and g["pt"] == g["pl"] == 0
+            and (g["oh"], g["ow"]) == (g["h"], g["w"]) and g["c_in"] % lanes == 0
+            and src.storage.pitch % lanes == 0 and src.offset % lanes == 0 and layer.k >= 2 * lanes)
+
+
+def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, pair: bool = False) -> int:
     """How far below its input a layer's output may start (bytes, a multiple of ``lanes``; negative:
     above) so that no output is written over an input byte that a later lane group still reads. Outputs
     are written after their own group's reads, so a group may overwrite what only it and earlier groups
-    read; that holds whatever the pipeline's timing."""
+    read; that holds whatever the pipeline's timing. With ``pair`` (see :func:`pairable`) a group works
+    on output pixels 2p and 2p + 1 at once."""
     g = layer.geometry
     groups = -(-layer.n // lanes)
     oy, ky = np.arange(g["oh"])[:, None], np.arange(g["kh"])[None, :]
@@ -463,15 +481,18 @@ def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int) -> int
     first_px = np.where((row[:, None] < big) & (col[None, :] < big), row[:, None] * g["w"] + col[None, :], big)
     lane_off = np.arange(groups) * lanes
     read_off = lane_off if layer.channel_mode else np.zeros_like(lane_off)  # broadcast: every channel
-    reads = first_px.reshape(-1, 1) * src.pitch + read_off[None, :]
+    n_px = g["oh"] * g["ow"]
+    units = np.arange(0, n_px, 2 if pair else 1)  # each unit's first output pixel, in issue order
+    last_px = np.minimum(units + 1, n_px - 1) if pair else units  # (a pair reads from its first pixel on)
+    reads = first_px.ravel()[units].reshape(-1, 1) * src.pitch + read_off[None, :]
     n_g = np.minimum(layer.n - lane_off, lanes)
-    writes_end = (np.arange(g["oh"] * g["ow"])[:, None] * dst.pitch + lane_off[None, :] + n_g[None, :]).ravel()
+    writes_end = (last_px[:, None] * dst.pitch + lane_off[None, :] + n_g[None, :]).ravel()
     later = np.minimum.accumulate(reads.ravel()[::-1])[::-1]  # smallest address read by group j or later
     need = int(np.max(writes_end[:-1] - later[1:], initial=-big))
     return -(-need // lanes) * lanes
 
 
-def overlaps(layers: list[Layer], views: dict, lanes: int) -> list[tuple]:
+def overlaps(layers: list[Layer], views: dict, lanes: int, pixels: int = 1) -> list[tuple]:
     """(input, output, offset) for every layer whose output may share memory with its dying input (see
     :func:`in_place_offset`): a single-input layer that is its input's last reader and its output's only
     writer, reading and writing whole storages."""
@@ -484,7 +505,8 @@ def overlaps(layers: list[Layer], views: dict, lanes: int) -> list[tuple]:
         writers = [j for j, x in enumerate(layers) if views[x.output].storage is d]
         if s.last != i or writers != [i] or d.c != l.n:
             continue
-        pairs.append((s, d, in_place_offset(l, s, d, lanes)))
+        pair = pixels == 2 and pairable(l, src, dst, lanes)
+        pairs.append((s, d, in_place_offset(l, s, d, lanes, pair)))
     return pairs
 
 
@@ -598,6 +620,15 @@ class LayerDescriptor:
     chain_gap: int = 0  # >0: start this many cycles after the previous layer's last MAC step, while that
                         # layer still drains (see chain_gaps); 0: once the previous layer is all written
     tail: int = 0       # cycles from this layer's last MAC step to the next layer's first or to done (layer_tails)
+    pair: int = 0       # 1: each group works on two output pixels, A (the loop's pixel) and B (the next one);
+                        # the loop walks pairs (ow = pairs, oh = 1), see pairable
+    b_last: int = 0     # pair layers: 1 if the last pair's B pixel exists (an even pixel count)
+    pair_in: int = 0    # pair layers: bytes from pixel A's input to pixel B's
+    pair_out: int = 0   # pair layers: bytes from pixel A's output to pixel B's
+
+    def drain_cycles(self, n: int, has_b: bool = True) -> int:
+        """Cycles the drain takes for a group with ``n`` real lanes (both pixels' outputs for a pair)."""
+        return n * max(1, self.raw_bytes) * (2 if self.pair and has_b else 1)
 
 
 @dataclass
@@ -713,6 +744,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             n_tables += l.thresholds.shape[0]
         pitch = src.storage.pitch
         s_base = src.storage.base + src.offset
+        pair = program.pixels == 2 and pairable(l, src, dst, lanes)
         # the padding check is needed when a window starts before the input or its last one ends past it
         check = int(g["pt"] > 0 or g["pl"] > 0
                     or (g["oh"] - 1) * g["sy"] + (g["kh"] - 1) * g["dy"] - g["pt"] >= g["h"]
@@ -736,6 +768,10 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
             raw_bytes=dst.storage.value_bytes if l.raw else 0,
             out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1)))
+        if pair:  # the pixels in pairs, row after row as one line (see pairable)
+            d = descs[-1]
+            d.pair, d.b_last, d.pair_in, d.pair_out = 1, int(l.pixels % 2 == 0), pitch, dst.storage.pitch
+            d.oh, d.ow, d.inc_ox, d.inc_oy, d.out_pitch = 1, -(-l.pixels // 2), 2 * pitch, 0, 2 * dst.storage.pitch
         for gi in range(groups):
             for k in range(l.k):
                 weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
@@ -792,11 +828,13 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
     t, cycles, gaps, tails = 0, [], [0], []
     for i, desc in enumerate(descs):
         origin = t
-        per_lane = max(1, desc.raw_bytes)  # drain cycles per lane
-        writes = []  # (first output byte, first lane's write cycle) per group
-        for p in range(desc.oh * desc.ow):
+        writes = []  # (first output byte, first lane's write cycle) per group and pixel
+        units = desc.oh * desc.ow
+        for p in range(units):
+            has_b = p < units - 1 or desc.b_last  # pair layers: the group's pixel B exists
             for g in range(desc.groups):
-                n = (desc.n_last if g == desc.groups - 1 else lanes) * per_lane
+                lanes_g = desc.n_last if g == desc.groups - 1 else lanes
+                n = desc.drain_cycles(lanes_g, has_b)
                 if prev is not None:
                     may = prev[0] + 1 + max(0, prev[1] - desc.k)  # its sums reach a free drain
                     if t < may:
@@ -806,8 +844,10 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
                 last_step = t + desc.k - 1
                 prev = (last_step, n)
                 t = last_step + 1
-                writes.append((desc.out_base + p * desc.out_pitch + g * desc.out_group_step,
-                               last_step + PIPELINE_TO_DRAIN + requant_latency))
+                o, w0 = desc.out_base + p * desc.out_pitch + g * desc.out_group_step, last_step + PIPELINE_TO_DRAIN + requant_latency
+                writes.append((o, w0))
+                if desc.pair and has_b:  # B's outputs follow A's through the drain
+                    writes.append((o + desc.pair_out, w0 + lanes_g))
         nxt = descs[i + 1] if i + 1 < len(descs) else None
         gap = 0
         if nxt is not None and may_chain is None:
@@ -822,7 +862,7 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
             t = last_step + gap
         else:
             tail = RAW_EXTRA if desc.raw_bytes else requant_latency
-            t = last_step + 1 + desc.n_last * per_lane + PIPELINE_TO_DRAIN + tail
+            t = last_step + 1 + desc.drain_cycles(desc.n_last, desc.b_last) + PIPELINE_TO_DRAIN + tail
         cycles.append(t - origin)
         tails.append(t - last_step)
         if nxt is not None:
