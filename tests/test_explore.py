@@ -64,6 +64,9 @@ def test_designs_that_do_not_fit_say_why():
     (dict(dsp_pack=3), "--dsp-pack must be 1 or 2"),
     (dict(dsp_pack=2, device="hx8k"), "has no DSP blocks"),
     (dict(objective="speed"), "--objective must be latency or area"),
+    (dict(pixels=3), "--pixels must be 1 or 2"),
+    (dict(pixels=2, device="hx8k"), "--pixels 2 needs a device with DSP blocks"),
+    (dict(pixels=2), "no layer of this model can run two output pixels"),  # an MLP has no pointwise conv
 ])
 def test_bad_exploration_options(kw, msg):
     with pytest.raises(ZakidError, match=msg):
@@ -125,3 +128,22 @@ def test_seed_list():
     from zakid_hw.build import seed_list
     assert seed_list(None, 1) == [None] and seed_list(7, 1) == [7]
     assert seed_list(None, 3) == [1, 2, 3] and seed_list(10, 2) == [10, 11]
+
+
+def test_pointwise_layers_run_two_pixels_per_weight_word():
+    """The DS-CNN's weights stream from SPRAM (8 int8 weights a cycle); its pointwise layers take each
+    weight word for two output pixels, so they run at twice the products per cycle."""
+    import numpy as np
+    from zakid_hw import schedule
+    models = ROOT / "bench" / "models"
+    cal = np.load(models / "kws_calib.npy")
+    two = compile_model(models / "kws_dscnn_c32.onnx", calibration=cal)
+    one = compile_model(models / "kws_dscnn_c32.onnx", calibration=cal, pixels=1)
+    assert (two.config.pixels, two.config.lanes, two.config.dsp_blocks, two.config.weights_in_spram) == (2, 8, 8, True)
+    assert [d.pair for d in two.image.layers] == [int(l.kind == "conv" and l.geometry["kh"] == 1 and l.pixels > 1)
+                                                  for l in two.program.layers]
+    c2, c1 = schedule.layer_cycles(two.image), schedule.layer_cycles(one.image)
+    for d, a, b in zip(two.image.layers, c2, c1):
+        assert (a < 0.52 * b) if d.pair else (a == b)
+    roof = cost_model.layer_rooflines(two.config, two.image, two.memories, two.program.layers)
+    assert all(r == -(-l.macs // 16) for r, l, d in zip(roof, two.program.layers, two.image.layers) if d.pair)
