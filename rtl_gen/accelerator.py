@@ -224,17 +224,6 @@ class Accelerator(wiring.Component):
         d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
         raw = raw_bytes[d_layer] != 0
         lane_done = ~raw | (d_byte == raw_bytes[d_layer] - 1)
-        with m.If(fin["last"]):
-            m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
-                         d_layer.eq(fin["layer"]), d_byte.eq(0)]
-        with m.Elif(d_count != 0):
-            m.d.sync += d_addr.eq(d_addr + 1)
-            with m.If(lane_done):
-                m.d.sync += [drain.eq(Cat(drain.as_value()[img.acc_width:], C(0, img.acc_width))),
-                             d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
-            with m.Else():
-                m.d.sync += d_byte.eq(d_byte + 1)
-        d_out = drain[0]  # the sum handed to the bias stage
         if paired:
             # bank B's sums are final a cycle after bank A's; the drain hands them out after A's (pair
             # layers are requantized: one cycle per lane) from a register that is only loaded, never shifted
@@ -244,15 +233,25 @@ class Accelerator(wiring.Component):
             m.d.sync += fin_d.eq(fin["last"])
             with m.If(fin_d):
                 m.d.sync += drain_b.eq(macs_b.acc)
-            with m.If(fin["last"]):
-                m.d.sync += [in_b.eq(0), b_idx.eq(0), b_pend.eq(fin["pb"]), b_addr.eq(fin["base"] + pair_out[fin["layer"]]),
-                             b_ch.eq(fin["ch"]), b_n.eq(fin["n"])]
-            with m.Elif(d_count != 0):
-                with m.If((d_count == 1) & b_pend):  # A's last: B's first next
-                    m.d.sync += [d_count.eq(b_n), d_addr.eq(b_addr), d_ch.eq(b_ch), in_b.eq(1), b_pend.eq(0)]
-                with m.Elif(in_b):
-                    m.d.sync += b_idx.eq(b_idx + 1)
-            d_out = Mux(in_b, drain_b[b_idx], drain[0])
+        with m.If(fin["last"]):
+            m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
+                         d_layer.eq(fin["layer"]), d_byte.eq(0)]
+            if paired:
+                m.d.sync += [in_b.eq(0), b_idx.eq(0), b_pend.eq(fin["pb"]), b_ch.eq(fin["ch"]), b_n.eq(fin["n"]),
+                             b_addr.eq(fin["base"] + pair_out[fin["layer"]])]
+        with m.Elif(d_count != 0):
+            m.d.sync += d_addr.eq(d_addr + 1)
+            with m.If(lane_done):
+                m.d.sync += [drain.eq(Cat(drain.as_value()[img.acc_width:], C(0, img.acc_width))),
+                             d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
+                if paired:
+                    with m.If((d_count == 1) & b_pend):  # A's last: B's first next
+                        m.d.sync += [d_count.eq(b_n), d_addr.eq(b_addr), d_ch.eq(b_ch), in_b.eq(1), b_pend.eq(0)]
+                    with m.Elif(in_b):
+                        m.d.sync += b_idx.eq(b_idx + 1)
+            with m.Else():
+                m.d.sync += d_byte.eq(d_byte + 1)
+        d_out = Mux(in_b, drain_b[b_idx], drain[0]) if paired else drain[0]  # the sum handed to the bias stage
         # --- bias: the drained sum plus its output channel's bias ---------------------------------------
         p_acc, p_tag = Signal.like(drain[0]), Signal.like(d_addr)
         p_ch, p_layer, p_byte, p_raw = Signal.like(d_ch), Signal.like(d_layer), Signal.like(d_byte), Signal()

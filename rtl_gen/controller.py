@@ -87,7 +87,7 @@ class Controller(wiring.Component):
         cfg = {f: Signal(signed(aw), name=f"cfg_{f}") for f in FIELDS}
         # per layer: cycles a group waits after a full group and after a pixel's last group (n - k, or 0)
         def waits(n_of):
-            return Array(C(max(0, n_of(x) * max(1, x.raw_bytes) - x.k), bits_for(L * 8)) for x in d)
+            return Array(C(max(0, x.drain_cycles(n_of(x)) - x.k), bits_for(L * 8)) for x in d)
         wait_full, wait_last = waits(lambda x: L), waits(lambda x: x.n_last)
         cfg_wait_full, cfg_wait_last = Signal.like(wait_full[0]), Signal.like(wait_last[0])
 
@@ -119,6 +119,9 @@ class Controller(wiring.Component):
 
         def step(n):
             return count_down(rem[n], end[n])
+
+        def restart_ci():  # the input channel loop from its first step
+            return [ci.eq(0), ci_rd.eq(0), *restart("ci")]
 
         ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1))
         ci_rd = Signal(signed(aw))  # the byte of the step's read within the pixel: ci, plus pair_in for B's
@@ -179,14 +182,14 @@ class Controller(wiring.Component):
                     m.d.sync += [ci.eq(ci + 1), ci_rd.eq(ci + 1 + Mux(cfg["pair"][0] & (word_pos == 0), cfg["pair_in"], 0)),
                                  *step("ci")]
                 with m.Elif(~end["kw"]):
-                    m.d.sync += [ci.eq(0), ci_rd.eq(0), *restart("ci"), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
+                    m.d.sync += [*restart_ci(), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
                                  ix_k.eq(ix_k + cfg["dx"])]
                 with m.Elif(~end["kh"]):
-                    m.d.sync += [ci.eq(0), ci_rd.eq(0), *restart("ci"), *restart("kw"), *step("kh"),
+                    m.d.sync += [*restart_ci(), *restart("kw"), *step("kh"),
                                  a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
                                  iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
-                    m.d.sync += [ci.eq(0), ci_rd.eq(0), *restart("ci"), *restart("kw"), *restart("kh")]
+                    m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh")]
                     gw = Mux(end["groups"], cfg_wait_last, cfg_wait_full)
                     with m.If(gw != 0):
                         m.d.sync += [gwait.eq(gw), gwait_end.eq(0)]

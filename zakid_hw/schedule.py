@@ -755,23 +755,24 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             check = 0
         else:
             inc_kx = g["dx"] * pitch
+        # the output pixel loop: rows and columns, or for a pair layer the pixels in pairs, row after row as
+        # one line (see pairable)
+        o_pitch = dst.storage.pitch
+        loop = (dict(oh=1, ow=-(-l.pixels // 2), inc_ox=2 * pitch, inc_oy=0, out_pitch=2 * o_pitch) if pair else
+                dict(oh=g["oh"], ow=g["ow"], inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch, out_pitch=o_pitch))
         descs.append(LayerDescriptor(
             chan=int(l.channel_mode), is_max=int(l.kind == "maxpool"), in_signed=int(l.in_dtype == "int8"),
-            ci=g["c_in"] if not l.channel_mode else 1, kw=g["kw"], kh=g["kh"], groups=groups, ow=g["ow"],
-            oh=g["oh"], k=l.k,
+            ci=g["c_in"] if not l.channel_mode else 1, kw=g["kw"], kh=g["kh"], groups=groups, k=l.k,
             start=s_base + (-g["pt"] * g["w"] - g["pl"]) * pitch,
-            inc_kx=inc_kx, inc_ky=g["dy"] * g["w"] * pitch, inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch,
+            inc_kx=inc_kx, inc_ky=g["dy"] * g["w"] * pitch,
             check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], sx=g["sx"], dy=g["dy"], dx=g["dx"],
-            h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF,
-            out_base=dst.storage.base + dst.offset, out_pitch=dst.storage.pitch,
+            h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF, out_base=dst.storage.base + dst.offset, **loop,
             n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_values),
             table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
             raw_bytes=dst.storage.value_bytes if l.raw else 0,
-            out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1)))
-        if pair:  # the pixels in pairs, row after row as one line (see pairable)
-            d = descs[-1]
-            d.pair, d.b_last, d.pair_in, d.pair_out = 1, int(l.pixels % 2 == 0), pitch, dst.storage.pitch
-            d.oh, d.ow, d.inc_ox, d.inc_oy, d.out_pitch = 1, -(-l.pixels // 2), 2 * pitch, 0, 2 * dst.storage.pitch
+            out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1),
+            pair=int(pair), b_last=int(pair and l.pixels % 2 == 0), pair_in=pitch if pair else 0,
+            pair_out=o_pitch if pair else 0))
         for gi in range(groups):
             for k in range(l.k):
                 weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
