@@ -113,10 +113,10 @@ class Accelerator(wiring.Component):
                                                     dsp_pack=2, max_pool=False)
         aw = ctrl.addr_width
         if img.requantizer == "affine":
-            rq = AffineRequantizer(width=img.acc_width, tables=img.affine, tag_width=aw)
+            rq = AffineRequantizer(width=img.acc_width, tables=img.affine, tag_width=ctrl.out_width)
         else:
             rq = ThresholdRequantizer(width=img.acc_width, out_bits=img.out_bits, stages=img.threshold_stages,
-                                      tag_width=aw)
+                                      tag_width=ctrl.out_width)
         m.submodules.requant = rq
 
         def per_layer(field, width):

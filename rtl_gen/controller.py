@@ -34,7 +34,8 @@ class Controller(wiring.Component):
                   first of the group's ``lanes`` channels).
         rd_valid: out, 1: the address lies inside the input; otherwise the step reads the padding code.
         w_addr:   out: weight memory address of this step.
-        o_addr:   out: byte address of the group's first output.
+        o_addr:   out: byte address of the group's first output (always inside the activation memory, so
+                  unsigned and only as wide as its addresses).
         ch_base:  out: the group's first output channel.
         group_n:  out: how many lanes of the current group hold real outputs.
         pair_b:   out, 1: a pair layer's group whose second pixel (B) exists (see
@@ -62,6 +63,7 @@ class Controller(wiring.Component):
         self.coord_width = bits_for(4 * max(max(d.h, d.w, d.oh * d.sy, d.ow * d.sx, abs(d.iy0), abs(d.ix0))
                                             + d.kh * d.dy + d.kw * d.dx for d in descriptors)) + 1
         self.ch_width = bits_for(max(d.groups for d in descriptors) * lanes)
+        self.out_width = bits_for(max(act_bytes - 1, 1))
         super().__init__({
             "start": In(1),
             "busy": Out(1), "done": Out(1),
@@ -69,7 +71,7 @@ class Controller(wiring.Component):
             "layer": Out(bits_for(len(descriptors))),
             "rd_addr": Out(signed(self.addr_width)), "rd_valid": Out(1),
             "w_addr": Out(bits_for(max(w_depth - 1, 1))),
-            "o_addr": Out(signed(self.addr_width)), "ch_base": Out(self.ch_width),
+            "o_addr": Out(self.out_width), "ch_base": Out(self.ch_width),
             "group_n": Out(bits_for(lanes)),
             "pair_b": Out(1), "hold": Out(1), "rd_b": Out(1),
         })
@@ -96,7 +98,7 @@ class Controller(wiring.Component):
         # the layer table when the level restarts), so the issue logic below only looks at registers.
         zero = {n: Array(C(int(getattr(x, n) == 1), 1) for x in d) for n in LOOP_COUNTS}
         cfg_zero = {n: Signal(name=f"cfg_{n}_zero") for n in LOOP_COUNTS}
-        rem = {n: Signal(aw, name=f"rem_{n}") for n in LOOP_COUNTS}
+        rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}") for n in LOOP_COUNTS}
         end = {n: Signal(name=f"end_{n}") for n in LOOP_COUNTS}
         first_cfg = {f: table[f][0] for f in FIELDS}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
@@ -124,13 +126,14 @@ class Controller(wiring.Component):
             return [ci.eq(0), ci_rd.eq(0), *restart("ci")]
 
         ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1))
-        ci_rd = Signal(signed(aw))  # the byte of the step's read within the pixel: ci, plus pair_in for B's
+        # the byte of the step's read within the pixel: ci, plus pair_in for B's
+        ci_rd = Signal(bits_for(max(x.ci + x.pair_in for x in d)))
         lg = (L - 1).bit_length()
         word_pos = ci[:lg] if lg else C(0, 1)  # the step's byte within its input word
         a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n) for n in ("a_line", "a_px", "a_ky", "a_kx"))
         iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
         goff = Signal(self.ch_width)
-        o_pix, ooff = Signal(signed(aw)), Signal(signed(aw))
+        o_pix, ooff = Signal(self.out_width), Signal(self.out_width)  # sums modulo the address range
         first = Signal()  # the next step starts a group
 
         inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
