@@ -47,6 +47,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,10 +242,16 @@ def _tail(path: Path, n: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
+#: held while a design is elaborated and converted: Amaranth and its built-in Yosys are not documented as
+#: thread-safe, and ``zakid_hw.build`` simulates in one thread while it synthesises in another
+ELABORATION_LOCK = threading.Lock()
+
+
 def _to_verilog(component, name: str) -> str:
     from amaranth.back import verilog
 
-    return verilog.convert(component, name=name)
+    with ELABORATION_LOCK:
+        return verilog.convert(component, name=name)
 
 
 def build(component, *, name: str, build_dir, build_args=(), waves: bool = False, verilog: str | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,9 @@ def seed_list(seed, seeds: int) -> list:
     return list(range(first, first + seeds))
 
 
-def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path, log) -> dict:
-    c = compiled
-    name = Path(c.model_path).stem
-    log(f"[1/3] RTL simulation: checking the generated design against the golden model")
+def _rtl_check(c: Compiled, log) -> list[int]:
+    """Simulate the generated RTL on :func:`verification_rows` and compare it with the golden model and the
+    cycle model; returns the simulated cycles per row."""
     rows = verification_rows(c)
     got, cycles = simulate_codes(c, rows)
     want = np.stack([c.program.accel_golden(r) for r in rows])
@@ -66,9 +66,12 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
         raise ZakidError(f"internal error: simulated cycles {sorted(set(cycles))} differ from the cycle model "
                          f"({predicted}); please report this with the model")
     log(f"      {len(rows)} inferences bit-exact, {cycles[0]} cycles each")
+    return cycles
 
-    log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz")
 
+def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path, log) -> dict:
+    c = compiled
+    name = Path(c.model_path).stem
     tried = []  # (seed, Fmax) of every place-and-route run
 
     def place_and_route(c):
@@ -85,7 +88,15 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
                 best = r
         return best
 
-    synth = place_and_route(c)
+    # The RTL check (Verilator) and the first synthesis, place and route (Yosys, nextpnr) are separate
+    # programs: they run side by side, one core each. An RTL check that fails still waits for the other.
+    log(f"[1/3] RTL simulation: checking the generated design against the golden model")
+    log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz"
+        " (alongside the RTL check)")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first_run = pool.submit(place_and_route, c)
+        cycles = _rtl_check(c, log)
+        synth = first_run.result()
     for _ in range(3):
         if synth.timing_met or not c.clock_auto or not synth.fmax_mhz:
             break
@@ -111,7 +122,7 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
         shutil.copy(calibration_path, out / "calibration.npy")
 
     log("[3/3] Report")
-    report = make_report(c, cycles[0], synth, len(rows))
+    report = make_report(c, cycles[0], synth, len(cycles))
     report["place_and_route_runs"] = tried
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.txt").write_text(text_report(report))

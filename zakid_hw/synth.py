@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sim.runner import ELABORATION_LOCK
 from zakid_hw.errors import ZakidError
 
 __all__ = ["ResourceUse", "ClockFmax", "NextpnrReport", "SynthResult", "build_bitstream",
@@ -265,8 +266,9 @@ def build_bitstream(top, board, out_dir, *, f_mhz: float, seed: int | None = Non
     platform = _platform_with_verilog(board)
     t0 = time.monotonic()
     # Elaboration errors other than ZakidError are bugs in the design generator: let them through.
-    plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
-                          synth_opts=" ".join(synth), nextpnr_opts=" ".join(pnr))
+    with ELABORATION_LOCK:
+        plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
+                              synth_opts=" ".join(synth), nextpnr_opts=" ".join(pnr))
     plan.extract(str(out_dir))
     tool_seconds = {"elaborate": time.monotonic() - t0}
 
