@@ -7,7 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import AccelConfig
-from .controller import DATA, Controller
+from .controller import Controller
 from .mac_array import MacArray
 from .requantizer import AffineRequantizer, ThresholdRequantizer
 from .spram import SpramMemory
@@ -134,12 +134,10 @@ class Accelerator(wiring.Component):
             return byte_addr[lg:lg + waw] if lg + waw <= len(byte_addr) else byte_addr[lg:]
 
         # --- stage 0: the controller's step, registered (its address sums stay off the memory inputs) ---
-        # (the flags keep their reset; the fields they qualify need none, nor do the registers below that
-        # are loaded before they are read: leaving it out keeps the reset net out of their enable logic)
-        s0 = dict(valid=Signal(), first=Signal(), last=Signal(), layer=Signal.like(ctrl.layer, **DATA),
-                  base=Signal.like(ctrl.o_addr, **DATA), ch=Signal.like(ctrl.ch_base, **DATA),
-                  n=Signal.like(ctrl.group_n, **DATA), inb=Signal(), rd=Signal.like(ctrl.rd_addr, **DATA),
-                  w=Signal.like(ctrl.w_addr, **DATA), pb=Signal(), hold=Signal(), rdb=Signal())
+        s0 = dict(valid=Signal(), first=Signal(), last=Signal(), layer=Signal.like(ctrl.layer),
+                  base=Signal.like(ctrl.o_addr), ch=Signal.like(ctrl.ch_base), n=Signal.like(ctrl.group_n),
+                  inb=Signal(), rd=Signal.like(ctrl.rd_addr), w=Signal.like(ctrl.w_addr), pb=Signal(), hold=Signal(),
+                  rdb=Signal())
         m.d.sync += [s0["valid"].eq(ctrl.issue), s0["first"].eq(ctrl.first), s0["last"].eq(ctrl.issue & ctrl.last),
                      s0["layer"].eq(ctrl.layer), s0["base"].eq(ctrl.o_addr), s0["ch"].eq(ctrl.ch_base),
                      s0["n"].eq(ctrl.group_n), s0["inb"].eq(ctrl.rd_valid), s0["rd"].eq(ctrl.rd_addr),
@@ -158,7 +156,7 @@ class Accelerator(wiring.Component):
         with m.Else():
             m.d.comb += rd_byte.eq(host_rd)
         m.d.comb += a_rd.addr.eq(word(rd_byte))
-        sel = Signal(max(lg, 1), **DATA)  # the byte within the word read (last cycle's address)
+        sel = Signal(max(lg, 1))  # the byte within the word read (last cycle's address)
         m.d.sync += sel.eq(rd_byte[:lg] if lg else 0)
         rd_bytes = Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))
         m.d.sync += self.out_data.eq(rd_bytes[sel])
@@ -170,8 +168,8 @@ class Accelerator(wiring.Component):
         s1["sel"] = sel
         s2 = {k: Signal.like(v, name=f"s2_{k}") for k, v in s1.items() if k not in ("hold", "rdb")}
         m.d.sync += [s2[k].eq(s1[k]) for k in s2]
-        word_q = Signal.like(a_rd.data, **DATA)  # bank A's input word (in a pair layer: held from the word's first step)
-        w_q = Signal(w_layout, **DATA)
+        word_q = Signal.like(a_rd.data)  # bank A's input word (in a pair layer: held from the word's first step)
+        w_q = Signal(w_layout)
         m.d.sync += w_q.eq(w_rd if self.config.weights_in_spram else w_rd.data)
         with m.If(~s1["hold"]):
             m.d.sync += word_q.eq(a_rd.data)
@@ -194,11 +192,11 @@ class Accelerator(wiring.Component):
                      macs.first.eq(s2["first"]), macs.is_max.eq(is_max[lay])]
         if paired:
             # bank B: pixel B's word (read at the word's second step), its bytes a cycle behind bank A's
-            word_b = Signal.like(a_rd.data, **DATA)
+            word_b = Signal.like(a_rd.data)
             with m.If(s1["rdb"]):
                 m.d.sync += word_b.eq(a_rd.data)
             s3 = dict(sel=Signal.like(sel), valid=Signal(), first=Signal(), layer=Signal.like(lay))
-            w_b = Signal(w_layout, **DATA)
+            w_b = Signal(w_layout)
             m.d.sync += [s3["sel"].eq(s2["sel"]), s3["valid"].eq(s2["valid"]), s3["first"].eq(s2["first"]),
                          s3["layer"].eq(lay), w_b.eq(w_q)]
             b_bytes = Array(word_b[8 * i: 8 * i + 8] for i in range(L))
@@ -216,22 +214,22 @@ class Accelerator(wiring.Component):
         fin = delay[-1]
 
         # --- drain: the lanes' sums go one per cycle into the requantizer ----------------------------
-        drain = Signal(acc_layout, **DATA)
+        drain = Signal(acc_layout)
         d_count = Signal(range(L + 1))
-        d_addr = Signal.like(ctrl.o_addr, **DATA)
-        d_ch = Signal.like(ctrl.ch_base, **DATA)
-        d_layer = Signal.like(ctrl.layer, **DATA)
+        d_addr = Signal.like(ctrl.o_addr)
+        d_ch = Signal.like(ctrl.ch_base)
+        d_layer = Signal.like(ctrl.layer)
         p_valid = Signal()  # the bias stage holds an output
 
-        d_byte = Signal(3, **DATA)  # raw layers: which byte of the lane's accumulator goes out this cycle
+        d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
         raw = raw_bytes[d_layer] != 0
         lane_done = ~raw | (d_byte == raw_bytes[d_layer] - 1)
         if paired:
             # bank B's sums are final a cycle after bank A's; the drain hands them out after A's (pair
             # layers are requantized: one cycle per lane) from a register that is only loaded, never shifted
-            drain_b, fin_d = Signal(acc_layout, **DATA), Signal()
-            b_pend, in_b, b_idx = Signal(), Signal(), Signal(range(L), **DATA)
-            b_addr, b_ch, b_n = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count, **DATA)
+            drain_b, fin_d = Signal(acc_layout), Signal()
+            b_pend, in_b, b_idx = Signal(), Signal(), Signal(range(L))
+            b_addr, b_ch, b_n = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count)
             m.d.sync += fin_d.eq(fin["last"])
             with m.If(fin_d):
                 m.d.sync += drain_b.eq(macs_b.acc)
@@ -255,8 +253,8 @@ class Accelerator(wiring.Component):
                 m.d.sync += d_byte.eq(d_byte + 1)
         d_out = Mux(in_b, drain_b[b_idx], drain[0]) if paired else drain[0]  # the sum handed to the bias stage
         # --- bias: the drained sum plus its output channel's bias ---------------------------------------
-        p_acc, p_tag = Signal.like(drain[0], **DATA), Signal.like(d_addr)
-        p_ch, p_layer, p_byte, p_raw = Signal.like(d_ch), Signal.like(d_layer), Signal.like(d_byte), Signal(**DATA)
+        p_acc, p_tag = Signal.like(drain[0]), Signal.like(d_addr)
+        p_ch, p_layer, p_byte, p_raw = Signal.like(d_ch), Signal.like(d_layer), Signal.like(d_byte), Signal()
         m.d.comb += b_rd.addr.eq(b_base[d_layer] + d_ch)
         m.d.sync += [p_valid.eq(d_count != 0), p_acc.eq(d_out), p_tag.eq(d_addr), p_ch.eq(d_ch),
                      p_layer.eq(d_layer), p_byte.eq(d_byte), p_raw.eq(raw)]
@@ -283,7 +281,7 @@ class Accelerator(wiring.Component):
                      a_wr.en.eq(Mux(wr_en, C(1, L) << (wr_byte[:lg] if lg else C(0, 1)), 0))]
 
         # --- cycle counter -----------------------------------------------------------------------------
-        count = Signal(32, **DATA)  # restarts with each inference
+        count = Signal(32)
         with m.If(self.start):
             m.d.sync += count.eq(1)
         with m.Elif(ctrl.busy):

@@ -105,13 +105,6 @@ class HostLink(wiring.Component):
 
         idx = Signal(range(max(self.in_len, self.out_len, len(info)) + 1))
         txb = Signal(8)  # latched output code
-        # the byte the state offers and its valid flag, registered (a cycle late, so the state decoding and
-        # the byte multiplexer stay off the transmitter's path); the UART is busy for a frame after it
-        # accepts a byte, so the stale offer of the cycle after is never taken
-        tx_data, tx_valid = Signal(8), Signal()
-        sent = Signal()
-        m.d.comb += [utx.data.eq(tx_data), utx.valid.eq(tx_valid), sent.eq(tx_valid & utx.ready)]
-        m.d.sync += tx_valid.eq(0)
         m.d.comb += [
             self.in_addr.eq(idx),
             self.out_addr.eq(idx),
@@ -119,20 +112,20 @@ class HostLink(wiring.Component):
         ]
 
         # idx's end tests for the requests and answers, registered: there idx changes on a UART byte, a
-        # frame or at least three cycles before the next test (INFO tests idx directly)
+        # frame or at least three cycles before the next test (INFO, whose first byte may go out in its
+        # first cycle, tests idx directly)
         in_end, out_end, cycles_end = Signal(), Signal(), Signal()
         m.d.sync += [in_end.eq(idx == self.in_len - 1), out_end.eq(idx == self.out_len - 1), cycles_end.eq(idx == 3)]
 
         timeout = self.rx_timeout_cycles
         silent = Signal(range(timeout + 1)) if timeout else None
-        silent_end = Signal()  # silent == timeout, set a cycle ahead (the compare stays off the state logic)
 
         with m.FSM(name="host_link"):
             with m.State("IDLE"):
                 with m.If(urx.valid):
                     m.d.sync += idx.eq(0)
                     if silent is not None:
-                        m.d.sync += [silent.eq(0), silent_end.eq(0)]
+                        m.d.sync += silent.eq(0)
                     with m.Switch(urx.data):
                         with m.Case(CMD_INFO[0]):
                             m.next = "INFO"
@@ -142,15 +135,15 @@ class HostLink(wiring.Component):
                             m.next = "UNKNOWN"
 
             with m.State("INFO"):
-                m.d.sync += [tx_data.eq(info_rom[idx]), tx_valid.eq(1)]
-                with m.If(sent):
+                m.d.comb += [utx.data.eq(info_rom[idx]), utx.valid.eq(1)]
+                with m.If(utx.ready):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(idx == len(info) - 1):
                         m.next = "IDLE"
 
             with m.State("UNKNOWN"):
-                m.d.sync += [tx_data.eq(RESP_UNKNOWN[0]), tx_valid.eq(1)]
-                with m.If(sent):
+                m.d.comb += [utx.data.eq(RESP_UNKNOWN[0]), utx.valid.eq(1)]
+                with m.If(utx.ready):
                     m.next = "IDLE"
 
             with m.State("RECV"):
@@ -158,14 +151,14 @@ class HostLink(wiring.Component):
                     m.d.comb += self.in_we.eq(1)
                     m.d.sync += idx.eq(idx + 1)
                     if silent is not None:
-                        m.d.sync += [silent.eq(0), silent_end.eq(0)]
+                        m.d.sync += silent.eq(0)
                     with m.If(in_end):
                         m.next = "START"
                 if silent is not None:
-                    with m.Elif(silent_end):
+                    with m.Elif(silent == timeout):
                         m.next = "IDLE"  # stalled request: drop it
                     with m.Else():
-                        m.d.sync += [silent.eq(silent + 1), silent_end.eq(silent == timeout - 1)]
+                        m.d.sync += silent.eq(silent + 1)
 
             with m.State("START"):
                 m.d.comb += self.start.eq(1)
@@ -176,8 +169,8 @@ class HostLink(wiring.Component):
                     m.next = "ANSWER"
 
             with m.State("ANSWER"):
-                m.d.sync += [tx_data.eq(CMD_RUN[0]), tx_valid.eq(1)]
-                with m.If(sent):
+                m.d.comb += [utx.data.eq(CMD_RUN[0]), utx.valid.eq(1)]
+                with m.If(utx.ready):
                     m.d.sync += idx.eq(0)
                     m.next = "FETCH"
 
@@ -192,8 +185,8 @@ class HostLink(wiring.Component):
                 m.next = "SEND"
 
             with m.State("SEND"):
-                m.d.sync += [tx_data.eq(txb), tx_valid.eq(1)]
-                with m.If(sent):
+                m.d.comb += [utx.data.eq(txb), utx.valid.eq(1)]
+                with m.If(utx.ready):
                     with m.If(out_end):
                         m.d.sync += idx.eq(0)
                         m.next = "CYCLES"
@@ -202,8 +195,8 @@ class HostLink(wiring.Component):
                         m.next = "FETCH"
 
             with m.State("CYCLES"):
-                m.d.sync += [tx_data.eq(self.cycles.word_select(idx[:2], 8)), tx_valid.eq(1)]
-                with m.If(sent):
+                m.d.comb += [utx.data.eq(self.cycles.word_select(idx[:2], 8)), utx.valid.eq(1)]
+                with m.If(utx.ready):
                     m.d.sync += idx.eq(idx + 1)
                     with m.If(cycles_end):
                         m.next = "IDLE"

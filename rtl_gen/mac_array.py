@@ -55,8 +55,8 @@ class MacArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         # input register: keeps memory read paths and the multipliers in separate cycles
-        x = Signal.like(self.x, reset_less=True)
-        w = Signal.like(self.w, reset_less=True)
+        x = Signal.like(self.x)
+        w = Signal.like(self.w)
         valid_i, first_i, max_i = Signal(), Signal(), Signal()
         m.d.sync += [x.eq(self.x), w.eq(self.w), valid_i.eq(self.valid),
                      first_i.eq(self.first), max_i.eq(self.is_max)]
@@ -65,8 +65,7 @@ class MacArray(wiring.Component):
         held_max = Signal()  # the accumulators hold maxima (the flag of the last product taken)
         with m.If(valid_d):
             m.d.sync += held_max.eq(max_d)
-        # products and sums restart with each group (``first``): no reset
-        prods = [Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}", reset_less=True) for lane in range(self.lanes)]
+        prods = [Signal(signed(X_WIDTH + self.w_width), name=f"prod{lane}") for lane in range(self.lanes)]
         if self.dsp_pack == 2:
             # input and product registers inside the DSP block: the same two cycles as below
             for pair in range(self.dsp_lanes // 2):
@@ -82,8 +81,7 @@ class MacArray(wiring.Component):
             else:
                 m.d.sync += prod.eq(shift_add_product(x[lane], w[lane], self.w_width))
             # the running sum, and apart from it the running maximum on 8 bits (short compare path)
-            total = Signal(signed(self.acc_width), name=f"sum{lane}", reset_less=True)
-            top = Signal(signed(X_WIDTH), name=f"max{lane}", reset_less=True)
+            total, top = Signal(signed(self.acc_width), name=f"sum{lane}"), Signal(signed(X_WIDTH), name=f"max{lane}")
             code = prod[:X_WIDTH].as_signed()
             with m.If(valid_d):
                 m.d.sync += total.eq(Mux(first_d, 0, total) + prod)
