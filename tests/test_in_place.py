@@ -35,7 +35,7 @@ def check_no_hazard(prog, lanes):
         src, dst = prog.views[layer.inputs[0]].storage, prog.views[layer.output].storage
         if not any(a is src and b is dst for a, b, _ in pairs):
             continue
-        pair = prog.pixels == 2 and schedule.pairable(layer, prog.views[layer.inputs[0]], prog.views[layer.output], lanes)
+        pair = schedule.pairable(layer, prog.views[layer.inputs[0]], prog.views[layer.output], lanes, prog.pixels)
         seq = list(group_bytes(layer, src, dst, lanes, pair))
         later_reads: set[int] = set()
         for reads, writes in reversed(seq):

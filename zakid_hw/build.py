@@ -143,7 +143,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         g = l.geometry
         layers.append({"name": l.name, "op": l.kind, "input": [g["c_in"], g["h"], g["w"]],
                        "output": [l.n, g["oh"], g["ow"]], "kernel": [g["kh"], g["kw"]], "steps_per_output": l.k,
-                       "macs": l.macs, "mac_bound_cycles": cost_model.layer_roofline(l.macs, c.image.lanes * (2 if d.pair else 1)),
+                       "macs": l.macs, "mac_bound_cycles": cost_model.layer_roofline(l.macs, c.image.lanes * d.step_pixels),
                        "two_pixels": bool(d.pair),
                        "lane_groups": d.groups * d.oh * d.ow,
                        "cycles": cyc, "overlaps_previous": bool(d.chain_gap),

@@ -153,7 +153,7 @@ def layer_rooflines(config: AccelConfig, image, plan: dict, layers) -> list[int]
     """Each layer's roofline: its MACs over the lanes the weight memory feeds (:func:`fed_lanes`), twice
     as many products for a layer that runs two pixels on each weight word (``pair``)."""
     fed = fed_lanes(config, image, plan)
-    return [layer_roofline(l.macs, fed * (2 if d.pair else 1)) for l, d in zip(layers, image.layers)]
+    return [layer_roofline(l.macs, fed * d.step_pixels) for l, d in zip(layers, image.layers)]
 
 
 def device_multipliers(device, w_bits: int) -> int:

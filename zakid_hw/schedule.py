@@ -448,15 +448,16 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
     return Layer(n.name, kind, inputs, out, w, bias, thresholds, base, in_dtype, out_dtype, acc_range, geo)
 
 
-def pairable(layer: Layer, src: View, dst: View, lanes: int) -> bool:
-    """Whether a layer may run two output pixels at once on a ``pixels=2`` design (one weight word feeds
-    both banks of lanes): a pointwise broadcast layer (1x1 kernel, stride 1, no padding, so output pixel
-    p reads input pixel p and the pixels may be taken in pairs across rows) with whole memory words per
+def pairable(layer: Layer, src: View, dst: View, lanes: int, pixels: int) -> bool:
+    """Whether a layer runs two output pixels at once on a design with ``pixels`` output pixels per weight
+    word (only ``pixels=2`` has the second bank of lanes that one weight word feeds): a pointwise
+    broadcast layer (1x1 kernel, stride 1, no padding, so output pixel p reads input pixel p and the
+    pixels may be taken in pairs across rows) with whole memory words per
     input pixel (the second pixel's word is read in the cycle after the first's and both are held while
     their ``lanes`` bytes are used) and at least ``2 * lanes`` steps per group (so the drain, two pixels'
     outputs, never holds a group up)."""
     g = layer.geometry
-    return (layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
+    return (pixels == 2 and layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
             and g["kh"] == g["kw"] == g["sy"] == g["sx"] == 1 and g["pt"] == g["pl"] == 0
             and (g["oh"], g["ow"]) == (g["h"], g["w"]) and g["c_in"] % lanes == 0
             and src.storage.pitch % lanes == 0 and src.offset % lanes == 0 and layer.k >= 2 * lanes)
@@ -505,7 +506,7 @@ def overlaps(layers: list[Layer], views: dict, lanes: int, pixels: int = 1) -> l
         writers = [j for j, x in enumerate(layers) if views[x.output].storage is d]
         if s.last != i or writers != [i] or d.c != l.n:
             continue
-        pair = pixels == 2 and pairable(l, src, dst, lanes)
+        pair = pairable(l, src, dst, lanes, pixels)
         pairs.append((s, d, in_place_offset(l, s, d, lanes, pair)))
     return pairs
 
@@ -626,6 +627,11 @@ class LayerDescriptor:
     pair_in: int = 0    # pair layers: bytes from pixel A's input to pixel B's
     pair_out: int = 0   # pair layers: bytes from pixel A's output to pixel B's
 
+    @property
+    def step_pixels(self) -> int:
+        """Output pixels each MAC step works on: 2 for a pair layer (both banks), else 1."""
+        return 2 if self.pair else 1
+
     def drain_cycles(self, n: int, has_b: bool = True) -> int:
         """Cycles the drain takes for a group with ``n`` real lanes (both pixels' outputs for a pair)."""
         return n * max(1, self.raw_bytes) * (2 if self.pair and has_b else 1)
@@ -744,7 +750,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             n_tables += l.thresholds.shape[0]
         pitch = src.storage.pitch
         s_base = src.storage.base + src.offset
-        pair = program.pixels == 2 and pairable(l, src, dst, lanes)
+        pair = pairable(l, src, dst, lanes, program.pixels)
         # the padding check is needed when a window starts before the input or its last one ends past it
         check = int(g["pt"] > 0 or g["pl"] > 0
                     or (g["oh"] - 1) * g["sy"] + (g["kh"] - 1) * g["dy"] - g["pt"] >= g["h"]
