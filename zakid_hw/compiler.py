@@ -19,8 +19,10 @@ from .ir import Graph
 from .onnx_import import load_model
 
 #: default clock per device family member: what nextpnr closes for the generated designs with margin
-#: (every reference model on the UP5K closed it at 42.0-46.9 MHz; bench/models_results.md)
-DEFAULT_CLOCK_MHZ = {"up5k": 40.5, "hx8k": 36.0, "hx1k": 36.0}
+#: (bench/models_results.md: the UP5K reference models close 40.5 MHz at 42-47 MHz; on the HX8K, with no
+#: DSP blocks and a faster fabric, the digits MLP and TFC-w2a2 close 60 MHz at 69.6 and 96.6 MHz; the HX1K
+#: has the HX8K's fabric)
+DEFAULT_CLOCK_MHZ = {"up5k": 40.5, "hx8k": 60.0, "hx1k": 60.0}
 DEFAULT_BAUD = 115200
 #: weights this narrow (bipolar, ternary, 2-bit) always multiply in logic cells, in this many lanes
 LUT_WEIGHT_BITS = 2
