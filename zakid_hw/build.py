@@ -5,6 +5,7 @@ place only when every step has succeeded)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,15 @@ def seed_list(seed, seeds: int) -> list:
     return list(range(first, first + seeds))
 
 
+#: seeds a rebuild at a lower clock tries when the cores allow (see pnr_workers)
+REBUILD_RUNS = 2
+
+
+def pnr_workers(runs: int) -> int:
+    """Place-and-route runs to have going at once: one per core, at most ``runs``."""
+    return max(1, min(runs, os.cpu_count() or 1))
+
+
 def _rtl_check(c: Compiled, log) -> list[int]:
     """Simulate the generated RTL on :func:`verification_rows` and compare it with the golden model and the
     cycle model; returns the simulated cycles per row."""
@@ -74,15 +84,20 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
     name = Path(c.model_path).stem
     tried = []  # (seed, Fmax) of every place-and-route run
 
-    def place_and_route(c):
-        best = None
-        for s in seed_list(seed, seeds):
-            hw = out / "hw" if s is None or seeds <= 1 else out / f"hw-seed{s}"
+    def place_and_route(c, runs):
+        def one(s):
+            hw = out / "hw" if len(runs) == 1 else out / f"hw-seed{s}"
             top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
-            r = build_bitstream(top, c.board, hw, f_mhz=c.config.clock_mhz, seed=s, name=name)
+            return build_bitstream(top, c.board, hw, f_mhz=c.config.clock_mhz, seed=s, name=name)
+
+        # nextpnr is single-threaded: several seeds run side by side, as many at a time as there are cores
+        with ThreadPoolExecutor(max_workers=pnr_workers(len(runs))) as pool:
+            results = list(pool.map(one, runs))
+        best = None
+        for s, r in zip(runs, results):
             tried.append({"seed": s, "clock_mhz": c.config.clock_mhz,
                           "fmax_mhz": round(r.fmax_mhz, 2) if r.fmax_mhz else None})
-            if seeds > 1:
+            if len(runs) > 1:
                 log(f"      seed {s}: Fmax {r.fmax_mhz:.2f} MHz")
             if best is None or (r.fmax_mhz or 0) > (best.fmax_mhz or 0):
                 best = r
@@ -94,17 +109,18 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
     log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz"
         " (alongside the RTL check)")
     with ThreadPoolExecutor(max_workers=1) as pool:
-        first_run = pool.submit(place_and_route, c)
+        first_run = pool.submit(place_and_route, c, seed_list(seed, seeds))
         cycles = _rtl_check(c, log)
         synth = first_run.result()
     for _ in range(3):
         if synth.timing_met or not c.clock_auto or not synth.fmax_mhz:
             break
-        # no clock was asked for: run at a PLL frequency a little below what place and route achieved
+        # no clock was asked for: run at a PLL frequency a little below what place and route achieved, with
+        # at least as many seeds side by side as there are cores (no longer than one run)
         target = synth.fmax_mhz * 0.97
         log(f"      Fmax {synth.fmax_mhz:.2f} MHz is below {c.config.clock_mhz:g} MHz: rebuilding at {target:.1f} MHz")
         c = c.with_clock(target)
-        synth = place_and_route(c)
+        synth = place_and_route(c, seed_list(seed, max(seeds, pnr_workers(REBUILD_RUNS))))
     if not synth.timing_met:
         fmax = "unknown" if synth.fmax_mhz is None else f"{synth.fmax_mhz:.2f} MHz"
         raise ZakidError(f"The design does not meet timing on {c.board.name}: the sync clock runs at "
