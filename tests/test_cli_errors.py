@@ -174,6 +174,15 @@ def test_model_too_big(work, big_model, target):
         assert "SPRAM blocks" in err and "has 4" in err, err
 
 
+def test_too_big_even_with_one_lane(work):
+    """On the icestick's HX1K not even a one-lane design of the digits MLP fits: the error says so instead
+    of suggesting fewer lanes; asking for more lanes still gets that hint."""
+    err = cli_error(work, "build", INT8_MODEL, "--out", "o", "--device", "hx1k")
+    assert "1 of its 1 MAC lanes" in err and "choose a larger device" in err and "fewer --lanes" not in err, err
+    err = cli_error(work, "build", INT8_MODEL, "--out", "o", "--device", "hx1k", "--lanes", "4")
+    assert "4 of its 4 MAC lanes" in err and "use fewer --lanes" in err, err
+
+
 def test_external_data_outside_folder(work):
     (work / "m").mkdir()
     m = onnx.load(str(INT8_MODEL))

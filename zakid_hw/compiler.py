@@ -128,8 +128,12 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
                          "the lanes and at least twice as many steps as lanes)")
     best = explore.choose(designs, objective)
     if best is None:
-        # report the problems of the plainest design: the default lane count, saving the most block RAM
+        # report the problems of the plainest design: the default lane count, saving the most block RAM; or the
+        # fewest lanes, when even those need more logic cells than the device has (fewer lanes would not help)
         n = default_lanes(brd, sketch) if lanes is None else lanes
+        fewest = min(designs, key=lambda d: (d.candidate.lanes, d.resources["lc"]))
+        if lanes is None and fewest.resources["lc"] > explore.LC_BUDGET * brd.device.logic_cells:
+            n = fewest.candidate.lanes
         best = min(designs, key=lambda d: (d.candidate.lanes != n, d.candidate.dsp_pack, d.candidate.pixels, len(d.problems),
                                            d.resources["ebr"]))
         if check_fit:

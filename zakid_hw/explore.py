@@ -170,7 +170,9 @@ def fit_problems(board, config: AccelConfig, plan: dict, res: dict) -> list[str]
         lut = config.lanes - config.dsp_lanes
         problems.append(f"needs about {res['lc']} logic cells ({lut} of its {config.lanes} MAC lanes in logic "
                         f"cells), more than {LC_BUDGET:.0%} of the {dev.logic_cells} of device {dev.name}; "
-                        f"use fewer --lanes")
+                        + ("use fewer --lanes" if config.lanes > 1 else
+                           "even one lane is too many: the controller, requantizer and host link alone do not fit, "
+                           "so choose a larger device"))
     return problems
 
 
