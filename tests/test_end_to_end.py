@@ -81,6 +81,10 @@ def test_build_example_to_bitstream(tmp_path):
     assert sum(l["cycles"] for l in rep["layers"]) + 1 == rep["cycles_per_inference"]
     assert rep["latency_us"] == pytest.approx(rep["cycles_per_inference"] / rep["clock_mhz"], rel=1e-3)
     assert [p.name for p in tmp_path.joinpath("build").iterdir()] == ["digits_mlp_int8"]  # no temp folders left
+    # where the place-and-route run's time went, tool by tool
+    assert set(rep["tool_seconds"]) == {"elaborate", "yosys", "nextpnr-ice40", "icepack"}
+    assert rep["tool_seconds"]["yosys"] > 0 and rep["tool_seconds"]["nextpnr-ice40"] > 0
+    assert "nextpnr-ice40" in (out / "report.txt").read_text()
     # the exploration took the fastest design: 16 int8 lanes, two per SB_MAC16
     assert (rep["mac_lanes"], rep["dsp_lanes"], rep["dsp_pack"]) == (16, 16, 2)
     assert rep["resources"]["dsp"]["used"] == 8

@@ -207,6 +207,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "signature": f"{c.signature:08x}",
         "verification": {"rtl_rows_checked": verified_rows, "mismatches": 0},
         "build_seconds": round(synth.build_seconds, 1),
+        "tool_seconds": {k: round(v, 1) for k, v in synth.tool_seconds.items()},
     }
 
 
@@ -229,6 +230,8 @@ def text_report(r: dict) -> str:
         f"  host link:   UART {r['host_link']['baud']} baud, {r['host_link']['transfer_ms']} ms transfer, "
         f"{r['host_link']['inferences_per_s_over_uart']:.0f} inferences/s end to end",
         "  resources:   " + ", ".join(f"{k} {v['used']}/{v['total']}" for k, v in res.items()),
+        "  tools:       " + ", ".join(f"{k} {v:g} s" for k, v in r["tool_seconds"].items())
+        + " (the place-and-route run kept)",
         f"  memories:    weights in {r['weights_memory'].upper()}, requantizer with "
         f"{'affine' if r['requantizer'] == 'affine' else 'whole'} threshold tables, "
         f"{r['activation_bytes']} bytes of activations",
