@@ -132,7 +132,7 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         # fewest lanes, when even those need more logic cells than the device has (fewer lanes would not help)
         n = default_lanes(brd, sketch) if lanes is None else lanes
         fewest = min(designs, key=lambda d: (d.candidate.lanes, d.resources["lc"]))
-        if lanes is None and fewest.resources["lc"] > explore.LC_BUDGET * brd.device.logic_cells:
+        if lanes is None and explore.too_many_logic_cells(fewest.resources, brd.device):
             n = fewest.candidate.lanes
         best = min(designs, key=lambda d: (d.candidate.lanes != n, d.candidate.dsp_pack, d.candidate.pixels, len(d.problems),
                                            d.resources["ebr"]))

@@ -145,6 +145,11 @@ def evaluate(board, lowered, cands, *, base_config: AccelConfig) -> list[Design]
     return designs
 
 
+def too_many_logic_cells(res: dict, device) -> bool:
+    """Whether predicted resources ``res`` exceed the logic-cell budget (:data:`LC_BUDGET`) of ``device``."""
+    return res["lc"] > LC_BUDGET * device.logic_cells
+
+
 def fit_problems(board, config: AccelConfig, plan: dict, res: dict) -> list[str]:
     """What keeps a configuration off the device (empty if it fits): block RAM, SPRAM, DSP blocks and
     predicted logic cells (``res``, from :func:`zakid_hw.cost_model.resources`)."""
@@ -166,7 +171,7 @@ def fit_problems(board, config: AccelConfig, plan: dict, res: dict) -> list[str]
     if config.dsp_blocks > dev.dsp:
         problems.append(f"asks for {config.dsp_lanes} DSP lanes ({config.dsp_blocks} DSP blocks), device "
                         f"{dev.name} has {dev.dsp} DSP blocks")
-    if res["lc"] > LC_BUDGET * dev.logic_cells:
+    if too_many_logic_cells(res, dev):
         lut = config.lanes - config.dsp_lanes
         problems.append(f"needs about {res['lc']} logic cells ({lut} of its {config.lanes} MAC lanes in logic "
                         f"cells), more than {LC_BUDGET:.0%} of the {dev.logic_cells} of device {dev.name}; "
