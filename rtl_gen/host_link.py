@@ -117,15 +117,18 @@ class HostLink(wiring.Component):
         in_end, out_end, cycles_end = Signal(), Signal(), Signal()
         m.d.sync += [in_end.eq(idx == self.in_len - 1), out_end.eq(idx == self.out_len - 1), cycles_end.eq(idx == 3)]
 
+        # a run request's quiet cycles, counted down from timeout - 1: it has stalled when the count is
+        # negative (its top bit, so no wide comparison sits in front of the state register)
         timeout = self.rx_timeout_cycles
-        silent = Signal(range(timeout + 1)) if timeout else None
+        silent = Signal(range(-1, timeout), name="silent") if timeout else None
+        stalled = silent[-1] if timeout else None
 
         with m.FSM(name="host_link"):
             with m.State("IDLE"):
                 with m.If(urx.valid):
                     m.d.sync += idx.eq(0)
                     if silent is not None:
-                        m.d.sync += silent.eq(0)
+                        m.d.sync += silent.eq(timeout - 1)
                     with m.Switch(urx.data):
                         with m.Case(CMD_INFO[0]):
                             m.next = "INFO"
@@ -151,14 +154,14 @@ class HostLink(wiring.Component):
                     m.d.comb += self.in_we.eq(1)
                     m.d.sync += idx.eq(idx + 1)
                     if silent is not None:
-                        m.d.sync += silent.eq(0)
+                        m.d.sync += silent.eq(timeout - 1)
                     with m.If(in_end):
                         m.next = "START"
                 if silent is not None:
-                    with m.Elif(silent == timeout):
+                    with m.Elif(stalled):
                         m.next = "IDLE"  # stalled request: drop it
                     with m.Else():
-                        m.d.sync += silent.eq(silent + 1)
+                        m.d.sync += silent.eq(silent - 1)
 
             with m.State("START"):
                 m.d.comb += self.start.eq(1)

@@ -99,10 +99,13 @@ class UartRx(wiring.Component):
 class UartTx(wiring.Component):
     """8N1 UART transmitter.
 
-    A byte is accepted in a cycle where ``valid`` and ``ready`` are both high; the frame (start bit, 8 data
-    bits LSB first, stop bit) starts on ``tx`` in the next cycle, each bit lasting ``divisor`` cycles. ``ready``
-    rises again in the last cycle of the stop bit, so back-to-back bytes take exactly ``10 * divisor`` cycles
-    each. ``tx`` is driven from a flip-flop (glitch-free).
+    A byte is accepted in a cycle where ``valid`` and ``ready`` are both high, into a one-byte buffer; the
+    shifter takes it from there the next cycle if it is idle, or else in the last cycle of the current stop bit,
+    and its frame (start bit, 8 data bits LSB first, stop bit) starts on ``tx`` the cycle after, each bit lasting
+    ``divisor`` cycles. So a byte accepted while the line is idle starts two cycles later, and back-to-back
+    bytes take exactly ``10 * divisor`` cycles each. ``ready`` depends only on this unit's registers (the
+    buffer keeps the sender's logic out of the shifter's), and ``tx`` is driven from a flip-flop
+    (glitch-free).
 
     Ports:
 
@@ -129,18 +132,26 @@ class UartTx(wiring.Component):
 
         busy = Signal()
         timer = Signal(range(d))
-        bit_end = Signal()  # timer == 0, kept in a register (set a cycle ahead) to keep ``ready`` shallow
+        bit_end = Signal()  # timer == 0, kept in a register (set a cycle ahead) to keep the logic shallow
         bits_left = Signal(range(10))  # bits still to put on the line after the current one
         last_bit = Signal()  # bits_left == 0, likewise
         shreg = Signal(9)  # data bits then the stop bit, LSB first
+        full = Signal()  # the buffer holds a byte
+        buf = Signal(8)
 
-        m.d.comb += self.ready.eq(~busy | (bit_end & last_bit))
+        take = Signal()  # the shifter takes the buffer's byte at this edge
+        m.d.comb += [take.eq(full & (~busy | (bit_end & last_bit))), self.ready.eq(~full | take)]
 
         with m.If(self.valid & self.ready):
+            m.d.sync += [buf.eq(self.data), full.eq(1)]
+        with m.Elif(take):
+            m.d.sync += full.eq(0)
+
+        with m.If(take):
             m.d.sync += [
                 busy.eq(1),
                 self.tx.eq(0),  # start bit
-                shreg.eq(Cat(self.data, Const(1, 1))),
+                shreg.eq(Cat(buf, Const(1, 1))),
                 bits_left.eq(9), last_bit.eq(0),
                 timer.eq(d - 1), bit_end.eq(0),
             ]
