@@ -48,7 +48,8 @@ class ThresholdRequantizer(wiring.Component):
         i_table: in: which threshold table to use (a layer, or a layer's output channel).
         i_base:  in, 8: the code for "no threshold reached" (the layer's lowest output code).
         i_tag:   in, tag_width: carried through unchanged (the output's destination address).
-        o_valid: out, 1: ``o_code``/``o_tag`` hold a result; ``out_bits + 2`` cycles after the input.
+        o_valid: out, 1: ``o_code``/``o_tag`` hold a result; ``out_bits + 1`` cycles after the input
+                 (the code is the last stage's registers plus ``i_base``, not registered again).
         o_code:  out, 8: ``i_base`` plus the number of thresholds ``i_acc`` reaches, modulo 256.
         o_tag:   out, tag_width.
         busy:    out, 1: some accumulator is still in the pipeline.
@@ -99,9 +100,8 @@ class ThresholdRequantizer(wiring.Component):
                          nxt["base"].eq(cur["base"]), nxt["tag"].eq(cur["tag"]),
                          nxt["prefix"].eq(Cat(cur["acc"] >= thr, cur["prefix"]))]
             cur = nxt
-        m.d.sync += [self.o_valid.eq(cur["valid"]), self.o_code.eq(cur["base"] + cur["prefix"]),
-                     self.o_tag.eq(cur["tag"])]
-        m.d.comb += self.busy.eq(Cat(*valids, self.o_valid).any())
+        m.d.comb += [self.o_valid.eq(cur["valid"]), self.o_code.eq(cur["base"] + cur["prefix"]),
+                     self.o_tag.eq(cur["tag"]), self.busy.eq(Cat(*valids).any())]
         return m
 
 
@@ -115,7 +115,8 @@ class AffineRequantizer(wiring.Component):
         i_table: in: which table to use (a layer, or a layer's output channel).
         i_base:  in, 8: the code for "no threshold reached".
         i_tag:   in, tag_width: carried through unchanged.
-        o_valid: out, 1: ``o_code``/``o_tag`` hold a result; ``out_bits + 3`` cycles after the input.
+        o_valid: out, 1: ``o_code``/``o_tag`` hold a result; ``out_bits + 2`` cycles after the input
+                 (not registered again, as in :class:`ThresholdRequantizer`).
         o_code:  out, 8: ``i_base`` plus the number of thresholds ``i_acc`` reaches, modulo 256.
         o_tag:   out, tag_width.
         busy:    out, 1: some accumulator is still in the pipeline.
@@ -177,7 +178,6 @@ class AffineRequantizer(wiring.Component):
                 m.d.comb += [down.eq(cur["q"] - step), up.eq(cur["q"] + step)]
                 m.d.sync += nxt["q"].eq(Mux(bit, down, up))
             cur = nxt
-        m.d.sync += [self.o_valid.eq(cur["valid"]), self.o_code.eq(cur["base"] + cur["prefix"]),
-                     self.o_tag.eq(cur["tag"])]
-        m.d.comb += self.busy.eq(Cat(*valids, self.o_valid).any())
+        m.d.comb += [self.o_valid.eq(cur["valid"]), self.o_code.eq(cur["base"] + cur["prefix"]),
+                     self.o_tag.eq(cur["tag"]), self.busy.eq(Cat(*valids).any())]
         return m

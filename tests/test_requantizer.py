@@ -83,12 +83,12 @@ def test_requantizer_rtl(form):
     width = signed_bits(lo, hi + 1)
     if form == "affine":
         dut = AffineRequantizer(width=width, tables=affine_tables(tabs, 8, lo, hi), tag_width=12)
-        latency = 8 + 3
+        latency = 8 + 2
     else:
         stages = [[] for _ in range(8)]
         for t in tabs:
             for s, entries in enumerate(threshold_tree(t, 8, hi + 1)):
                 stages[s].extend(entries)
         dut = ThresholdRequantizer(width=width, out_bits=8, stages=stages, tag_width=12)
-        latency = 8 + 2
+        latency = 8 + 1
     run_requantizer(dut, accs, tabs, latency)

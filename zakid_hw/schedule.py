@@ -805,7 +805,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
 #: read data register, MAC input register, product register, accumulate, copy to the drain); then one cycle adds the channel's bias, and
 #: the requantizer takes its stages plus REQUANT_EXTRA
 PIPELINE_TO_DRAIN = 7
-REQUANT_EXTRA = 3
+REQUANT_EXTRA = 2
 #: cycles after the last raw byte leaves the drain until the layer ends (the bias stage)
 RAW_EXTRA = 1
 
