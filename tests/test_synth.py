@@ -34,7 +34,13 @@ class ToyCore(wiring.Component):
             prod = Signal(32, name=f"prod{i}")
             m.d.sync += prod.eq(shift * (count + i))
             parity = parity ^ prod.xor()
-        m.d.sync += self.tx.eq(parity)
+        # a small FSM (rx steps it through three states) whose state reaches tx
+        with m.FSM(name="toy") as fsm:
+            for state, nxt in (("A", "B"), ("B", "C"), ("C", "A")):
+                with m.State(state):
+                    with m.If(self.rx):
+                        m.next = nxt
+        m.d.sync += self.tx.eq(parity ^ fsm.ongoing("B"))
         return m
 
 
@@ -69,6 +75,15 @@ def test_build_icebreaker_pll_30mhz(icebreaker_build):
     assert r.timing_met == (r.fmax_mhz >= 30.0)
     assert r.tool_seconds["nextpnr-ice40"] > 0
     assert "icebreaker" in r.summary()
+
+
+def test_fsm_state_is_recoded(icebreaker_build):
+    """The FSM's state register loses its init attribute before synth_ice40 (synth.FSM_SCRIPT), so Yosys
+    extracts the FSM and re-encodes it (one-hot); with the attribute it leaves it alone."""
+    log = icebreaker_build.logs["yosys-log"].read_text()
+    assert "Register has an initialization value" not in log
+    recoded = [line for line in log.splitlines() if line.startswith("Recoding FSM") and "toy_state" in line]
+    assert recoded, "the toy FSM was not extracted"
 
 
 def test_parse_nextpnr_report(tmp_path):

@@ -63,6 +63,13 @@ _TOOL_LOGS = {"yosys": "{name}.rpt", "nextpnr-ice40": "{name}.tim", "icepack": N
 
 _TAIL_LINES = 40
 
+#: Yosys commands run on the design before ``synth_ice40``: the state registers of Amaranth's FSMs (named
+#: ``<fsm>_state``) lose their ``init`` attribute, which makes Yosys's ``fsm`` pass skip them, so it can
+#: re-encode them one-hot (the next-state logic of a dense 12-state code was the longest path of the host
+#: link). Their init value is the first state, 0, which the iCE40's flip-flops power up with anyway, and
+#: the domain's reset (held until the PLL locks) puts every FSM in that state.
+FSM_SCRIPT = "setattr -unset init w:*_state"
+
 
 @dataclass(frozen=True)
 class ResourceUse:
@@ -268,7 +275,8 @@ def build_bitstream(top, board, out_dir, *, f_mhz: float, seed: int | None = Non
     # Elaboration errors other than ZakidError are bugs in the design generator: let them through.
     with ELABORATION_LOCK:
         plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
-                              synth_opts=" ".join(synth), nextpnr_opts=" ".join(pnr))
+                              synth_opts=" ".join(synth), nextpnr_opts=" ".join(pnr),
+                              script_after_read=FSM_SCRIPT)
     plan.extract(str(out_dir))
     tool_seconds = {"elaborate": time.monotonic() - t0}
 
