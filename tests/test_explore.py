@@ -36,6 +36,19 @@ def test_area_objective_takes_the_fewest_logic_cells():
     assert c.predicted["lc"] == min(d.resources["lc"] for d in c.designs if d.fits)
 
 
+def test_automatic_clock_follows_the_predicted_fill(monkeypatch):
+    from zakid_hw import compiler
+    c = compile_model(DIGITS)  # 16 lanes, predicted at about 63 % of the UP5K's logic cells
+    assert c.predicted["lc"] <= compiler.SMALL_DESIGN_FILL * 5280
+    assert c.config.clock_mhz == compiler.SMALL_DESIGN_CLOCK_MHZ["up5k"] and c.clock_auto
+    assert c.config.uart_divisor == round(c.config.clock_mhz * 1e6 / c.baud)
+    # a clock asked for is kept, and so is the default for a design above the line or on another device
+    assert compile_model(DIGITS, clock_mhz=30).config.clock_mhz == 30
+    assert compile_model(DIGITS, device="hx8k").config.clock_mhz == compiler.DEFAULT_CLOCK_MHZ["hx8k"]
+    monkeypatch.setattr(compiler, "SMALL_DESIGN_FILL", 0.5)
+    assert compile_model(DIGITS).config.clock_mhz == compiler.DEFAULT_CLOCK_MHZ["up5k"]
+
+
 def test_pinned_options_leave_one_candidate():
     c = compile_model(DIGITS, lanes=4, dsp_pack=1, weights="ebr", requantizer="affine")
     assert len(c.designs) == 1
