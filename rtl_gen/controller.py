@@ -9,10 +9,12 @@ from amaranth.utils import bits_for
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
 FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "inc_ky", "inc_ox", "inc_oy",
           "check", "iy0", "ix0", "sy", "sx", "dy", "dx", "h", "w", "out_base", "out_pitch", "n_last",
-          "w_base", "out_group_step", "pair", "b_last", "pair_in")
+          "w_base", "out_group_step", "pair", "b_last", "pair_in", "k")
 
 
-LOOP_COUNTS = ("ci", "kw", "kh", "groups", "ow", "oh")
+#: loop levels with a down-counter and an end flag; ``k`` counts a group's steps (ci * kw * kh), so the
+#: group's last step is one registered flag instead of three
+LOOP_COUNTS = ("ci", "kw", "kh", "k", "groups", "ow", "oh")
 
 
 class Controller(wiring.Component):
@@ -56,6 +58,9 @@ class Controller(wiring.Component):
 
     def __init__(self, *, descriptors, lanes, w_depth, act_bytes):
         self.descs, self.lanes = descriptors, lanes
+        for i, x in enumerate(descriptors):
+            if x.k != x.ci * x.kw * x.kh:
+                raise ValueError(f"layer {i}: {x.k} steps per group, but ci * kw * kh = {x.ci * x.kw * x.kh}")
         vals = [abs(getattr(d, f)) for d in descriptors for f in FIELDS] + [act_bytes + 1]
         big = max(vals)
         # signed addresses with room for a window that starts before the input and steps past its end
@@ -137,7 +142,7 @@ class Controller(wiring.Component):
         first = Signal()  # the next step starts a group
 
         inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
-        group_end = end["ci"] & end["kw"] & end["kh"]
+        group_end = end["k"]
 
         m.d.comb += [
             self.first.eq(first),
@@ -180,19 +185,22 @@ class Controller(wiring.Component):
             with m.State("ISSUE"):
                 m.d.comb += self.issue.eq(1)
                 m.d.sync += [self.w_addr.eq(self.w_addr + 1), first.eq(group_end)]
-                with m.If(~end["ci"]):
-                    # a pair layer's next step reads B's word when this one is its word's first
-                    m.d.sync += [ci.eq(ci + 1), ci_rd.eq(ci + 1 + Mux(cfg["pair"][0] & (word_pos == 0), cfg["pair_in"], 0)),
-                                 *step("ci")]
-                with m.Elif(~end["kw"]):
-                    m.d.sync += [*restart_ci(), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
-                                 ix_k.eq(ix_k + cfg["dx"])]
-                with m.Elif(~end["kh"]):
-                    m.d.sync += [*restart_ci(), *restart("kw"), *step("kh"),
-                                 a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
-                                 iy_k.eq(iy_k + cfg["dy"])]
+                with m.If(~group_end):
+                    m.d.sync += step("k")
+                    with m.If(~end["ci"]):
+                        # a pair layer's next step reads B's word when this one is its word's first
+                        m.d.sync += [ci.eq(ci + 1),
+                                     ci_rd.eq(ci + 1 + Mux(cfg["pair"][0] & (word_pos == 0), cfg["pair_in"], 0)),
+                                     *step("ci")]
+                    with m.Elif(~end["kw"]):
+                        m.d.sync += [*restart_ci(), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
+                                     ix_k.eq(ix_k + cfg["dx"])]
+                    with m.Else():  # not the group's last step, so ci and kw end and kh does not
+                        m.d.sync += [*restart_ci(), *restart("kw"), *step("kh"),
+                                     a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
+                                     iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
-                    m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh")]
+                    m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh"), *restart("k")]
                     gw = Mux(end["groups"], cfg_wait_last, cfg_wait_full)
                     with m.If(gw != 0):
                         m.d.sync += [gwait.eq(gw), gwait_end.eq(0)]
