@@ -6,7 +6,8 @@
 * ``synth_opts="-dsp"`` on parts with SB_MAC16 blocks (UP5K), so ``synth_ice40`` maps multipliers to
   DSPs (``-dsp`` on an HX part would ask for DSP cells the part does not have);
 * ``nextpnr_opts="--report <name>.report.json --freq <MHz> --timing-allow-fail [--seed N]"``: the report
-  gives utilisation and Fmax; timing is judged here (:attr:`SynthResult.timing_met`), not by nextpnr.
+  gives utilisation and Fmax; timing is judged here (:attr:`SynthResult.timing_met`), not by nextpnr;
+* ``script_after_read=FSM_SCRIPT``, so that Yosys re-encodes the FSMs one-hot (see :data:`FSM_SCRIPT`).
 
 It then runs the plan's three commands itself (one subprocess each, so a failure names its tool),
 taking each tool from the environment variable Amaranth uses (``YOSYS``, ``NEXTPNR_ICE40``,
