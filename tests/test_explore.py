@@ -20,9 +20,10 @@ def test_latency_objective_takes_the_fewest_cycles_that_fit():
     c = compile_model(DIGITS)
     fitting = [d for d in c.designs if d.fits]
     assert c.config.lanes == 16 and c.config.dsp_pack == 2  # 8 DSP blocks, two int8 products each
-    assert schedule_cycles(c) == min(d.cycles for d in fitting)
+    assert schedule_cycles(c) == c.chosen.cycles == min(d.cycles for d in fitting)
     # nothing that fits is faster, and nothing as fast is smaller
-    assert all(d.resources["lc"] >= c.predicted["lc"] for d in fitting if d.cycles == schedule_cycles(c))
+    assert c.chosen.latency_us == min(d.latency_us for d in fitting)
+    assert all(d.resources["lc"] >= c.predicted["lc"] for d in fitting if d.latency_us == c.chosen.latency_us)
 
 
 def schedule_cycles(c):
@@ -42,6 +43,11 @@ def test_automatic_clock_follows_the_predicted_fill(monkeypatch):
     assert c.predicted["lc"] <= compiler.SMALL_DESIGN_FILL * 5280
     assert c.config.clock_mhz == compiler.SMALL_DESIGN_CLOCK_MHZ["up5k"] and c.clock_auto
     assert c.config.uart_divisor == round(c.config.clock_mhz * 1e6 / c.baud)
+    # every configuration considered runs at its own automatic clock, and its latency is taken there
+    for d in c.designs:
+        assert d.config.clock_mhz == compiler.automatic_clock_mhz(c.board, d.resources["lc"])
+        assert d.latency_us == d.cycles / d.config.clock_mhz
+    assert {d.config.clock_mhz for d in c.designs} == {40.5, 45.0}  # 32 lanes do not stay under the line
     # a clock asked for is kept, and so is the default for a design above the line or on another device
     assert compile_model(DIGITS, clock_mhz=30).config.clock_mhz == 30
     assert compile_model(DIGITS, device="hx8k").config.clock_mhz == compiler.DEFAULT_CLOCK_MHZ["hx8k"]

@@ -146,17 +146,19 @@ def cmd_explore(a) -> int:
     from . import explore
     c = compile_from_args(a, a.model)
     chosen = c.chosen if c.chosen.fits else None
-    f = c.config.clock_mhz
     shown = c.designs if a.all else explore.pareto(c.designs)
     fits = sum(d.fits for d in c.designs)
+    clocks = sorted({d.config.clock_mhz for d in c.designs})
+    at = (f"latency at {clocks[0]:g} MHz" if len(clocks) == 1 else
+          f"latency at each design's automatic clock ({' or '.join(f'{f:g}' for f in clocks)} MHz by predicted size)")
     print(f"{len(c.designs)} configurations of {Path(a.model).name} for {c.board.device.part}, {fits} fit; "
-          f"latency at {f:g} MHz; LC predicted by the cost model (P: Pareto front, *: what build takes with "
+          f"{at}; LC predicted by the cost model (P: Pareto front, *: what build takes with "
           f"--objective {c.objective})")
-    print(explore.table(shown, f, chosen), end="")
+    print(explore.table(shown, chosen), end="")
     if not fits:
         print("no configuration fits the device; the problems of each are in the last column (--all)")
     plot = Path(a.plot) if a.plot else Path(f"{Path(a.model).stem}.pareto.svg")
-    svg = explore.svg_plot(c.designs, f, f"{Path(a.model).name} on {c.board.device.part}", chosen)
+    svg = explore.svg_plot(c.designs, f"{Path(a.model).name} on {c.board.device.part}", chosen)
     tmp = plot.with_name(f".{plot.name}.tmp")
     try:
         tmp.write_text(svg)

@@ -121,13 +121,19 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     graph = load_model(model_path, calibration=calibration)
     lowered = passes.lower_for_hardware(graph)
     sketch = schedule.make_program(lowered, 1)  # the layers, before the lane count is known
-    f = DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None else float(clock_mhz)
-    f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
-    divisor = uart_divisor or max(4, round(f_actual * 1e6 / baud))
+
+    def clock_for(f):  # the PLL's nearest frequency and the UART divisor there
+        f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
+        return f_actual, uart_divisor or max(4, round(f_actual * 1e6 / baud))
+
+    clock_auto = clock_mhz is None and uart_divisor is None
+    f_actual, divisor = clock_for(DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None
+                                  else float(clock_mhz))
     base = AccelConfig(clock_mhz=f_actual, uart_divisor=divisor)
     cands = explore.candidates(brd, sketch, lanes=lanes, dsp_pack=dsp_pack, weights=weights,
                                requantizer=requantizer, low_bit=low_bit(sketch), pixels=pixels)
-    designs = explore.evaluate(brd, lowered, cands, base_config=base)
+    designs = explore.evaluate(brd, lowered, cands, base_config=base, clock_for=(
+        (lambda lc: clock_for(automatic_clock_mhz(brd, lc))) if clock_auto else None))
     if not designs:
         raise ZakidError("--pixels 2: no layer of this model can run two output pixels at once (that needs a "
                          "pointwise convolution: 1x1 kernel, stride 1, no padding, input channels a multiple of "
@@ -145,13 +151,19 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         if check_fit:
             raise ZakidError(f"The model does not fit the {brd.device.part} on board {brd.name}: "
                              + "; ".join(best.problems) + ".")
-    compiled = Compiled(str(model_path), graph, lowered, best.program, best.image, best.config, brd, best.plan,
-                        signature_of(best.image), clock_auto=clock_mhz is None and uart_divisor is None, baud=baud,
-                        designs=designs, chosen=best, objective=objective)
-    fast = SMALL_DESIGN_CLOCK_MHZ.get(brd.device.name)
-    if compiled.clock_auto and fast and best.resources["lc"] <= SMALL_DESIGN_FILL * brd.device.logic_cells:
-        compiled = compiled.with_clock(fast)
-    return compiled
+    return Compiled(str(model_path), graph, lowered, best.program, best.image, best.config, brd, best.plan,
+                    signature_of(best.image), clock_auto=clock_auto, baud=baud,
+                    designs=designs, chosen=best, objective=objective)
+
+
+def automatic_clock_mhz(board: Board, lc: int) -> float:
+    """The clock a design predicted to use ``lc`` logic cells runs at when none is asked for: the device's
+    default, or its faster one for a small design (:data:`SMALL_DESIGN_CLOCK_MHZ`)."""
+    dev = board.device
+    fast = SMALL_DESIGN_CLOCK_MHZ.get(dev.name)
+    if fast and lc <= SMALL_DESIGN_FILL * dev.logic_cells:
+        return fast
+    return DEFAULT_CLOCK_MHZ.get(dev.name, board.osc_mhz)
 
 
 def load_calibration(path):

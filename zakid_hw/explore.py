@@ -5,14 +5,15 @@ A configuration (:class:`Candidate`) is a lane count, the DSP packing (one or tw
 SB_MAC16), the output pixels a weight word serves (two: a second bank of lanes for pointwise layers),
 where the weights live (block RAM or SPRAM) and the requantizer's table form. Cycles come from
 the exact cycle model (:func:`zakid_hw.schedule.cycles_per_inference`), resources from
-:mod:`zakid_hw.cost_model`; all candidates run at the same target clock, so the fastest is the one with
-the fewest cycles.
+:mod:`zakid_hw.cost_model`. Latency is cycles at the design's clock: the one asked for, or with none asked
+for the device's default for the design's predicted size (:func:`zakid_hw.compiler.automatic_clock_mhz`),
+so a smaller design may run at a faster clock than a larger one.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rtl_gen.config import AccelConfig
 
@@ -59,8 +60,11 @@ class Design:
     def fits(self) -> bool:
         return not self.problems
 
-    def latency_us(self, clock_mhz: float) -> float:
-        return self.cycles / clock_mhz
+    @property
+    def latency_us(self) -> float:
+        """Cycles at the design's clock (with no clock asked for, each design has its own, see
+        :func:`evaluate`)."""
+        return self.cycles / self.config.clock_mhz
 
 
 def lane_choices(program: schedule.Program, lanes: int | None) -> list[int]:
@@ -117,10 +121,13 @@ def candidates(board, program, *, lanes=None, dsp_pack=None, weights="auto", req
     return out
 
 
-def evaluate(board, lowered, cands, *, base_config: AccelConfig) -> list[Design]:
+def evaluate(board, lowered, cands, *, base_config: AccelConfig, clock_for=None) -> list[Design]:
     """Cycles, resources and fit problems of each candidate. Candidates that differ only in DSP packing
     share their image, cycles and memory plan (each is worked out once). Two-pixel candidates of a model
-    with no layer that can pair (:func:`zakid_hw.schedule.pairable`) are left out."""
+    with no layer that can pair (:func:`zakid_hw.schedule.pairable`) are left out.
+
+    Every design runs at ``base_config``'s clock, or with ``clock_for`` (no clock asked for) at
+    ``clock_for(predicted logic cells)``, a ``(clock_mhz, uart_divisor)`` pair."""
     programs, images, cycles, plans, designs = {}, {}, {}, {}, []
     for c in cands:
         pk = (c.lanes, c.pixels)
@@ -140,6 +147,9 @@ def evaluate(board, lowered, cands, *, base_config: AccelConfig) -> list[Design]
                              clock_mhz=base_config.clock_mhz, uart_divisor=base_config.uart_divisor,
                              weights_in_spram=c.weights == "spram")
         res = cost_model.resources(image, config, plan)
+        if clock_for is not None:
+            f, divisor = clock_for(res["lc"])
+            config = replace(config, clock_mhz=f, uart_divisor=divisor)
         problems = fit_problems(board, config, plan, res)
         designs.append(Design(c, programs[pk], image, config, plan, cycles[key], res, problems))
     return designs
@@ -185,8 +195,8 @@ def order_key(objective: str):
     if objective not in OBJECTIVES:
         raise ZakidError(f"--objective must be latency or area, got {objective!r}")
     if objective == "latency":
-        return lambda d: (d.cycles, d.resources["lc"], d.resources["ebr"])
-    return lambda d: (d.resources["lc"], d.resources["dsp"], d.resources["ebr"], d.cycles)
+        return lambda d: (d.latency_us, d.resources["lc"], d.resources["ebr"])
+    return lambda d: (d.resources["lc"], d.resources["dsp"], d.resources["ebr"], d.latency_us)
 
 
 def choose(designs: list[Design], objective: str = "latency") -> Design | None:
@@ -196,8 +206,8 @@ def choose(designs: list[Design], objective: str = "latency") -> Design | None:
 
 
 def pareto(designs: list[Design]) -> list[Design]:
-    """The fitting designs no other fitting design beats on both cycles and logic cells, fastest first."""
-    fitting = sorted((d for d in designs if d.fits), key=lambda d: (d.cycles, d.resources["lc"]))
+    """The fitting designs no other fitting design beats on both latency and logic cells, fastest first."""
+    fitting = sorted((d for d in designs if d.fits), key=lambda d: (d.latency_us, d.resources["lc"]))
     front, best_lc = [], None
     for d in fitting:
         if best_lc is None or d.resources["lc"] < best_lc:
@@ -206,21 +216,21 @@ def pareto(designs: list[Design]) -> list[Design]:
     return front
 
 
-def table(designs: list[Design], clock_mhz: float, chosen: Design | None = None) -> str:
+def table(designs: list[Design], chosen: Design | None = None) -> str:
     """The designs as a markdown table: Pareto-optimal ones marked, the chosen one starred."""
     front = {id(d) for d in pareto(designs)}
-    lines = ["| | lanes | pixels | DSP lanes | per DSP | weights | requantizer | cycles | latency µs | LC | DSP | EBR | "
-             "SPRAM | fits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for d in sorted(designs, key=lambda d: (not d.fits, d.cycles, d.resources["lc"])):
+    lines = ["| | lanes | pixels | DSP lanes | per DSP | weights | requantizer | cycles | MHz | latency µs | LC | DSP | "
+             "EBR | SPRAM | fits |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in sorted(designs, key=lambda d: (not d.fits, d.latency_us, d.resources["lc"])):
         c, r = d.candidate, d.resources
         mark = ("*" if d is chosen else "") + ("P" if id(d) in front else "")
         lines.append(f"| {mark} | {c.lanes} | {c.pixels} | {c.dsp_lanes} | {c.dsp_pack} | {c.weights} | {c.requantizer} | "
-                     f"{d.cycles} | {d.latency_us(clock_mhz):.2f} | {r['lc']} | {r['dsp']} | {r['ebr']} | "
+                     f"{d.cycles} | {d.config.clock_mhz:g} | {d.latency_us:.2f} | {r['lc']} | {r['dsp']} | {r['ebr']} | "
                      f"{r['spram']} | {'yes' if d.fits else 'no: ' + '; '.join(d.problems)} |")
     return "\n".join(lines) + "\n"
 
 
-def svg_plot(designs: list[Design], clock_mhz: float, title: str, chosen: Design | None = None) -> str:
+def svg_plot(designs: list[Design], title: str, chosen: Design | None = None) -> str:
     """Latency against logic cells as an SVG image: every fitting design a grey dot, the Pareto front a
     line, the chosen design circled."""
     pts = [d for d in designs if d.fits]
@@ -229,7 +239,7 @@ def svg_plot(designs: list[Design], clock_mhz: float, title: str, chosen: Design
         return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}"><text x="20" y="40">'
                 f'{html.escape(title)}: no configuration fits</text></svg>\n')
     xs = [d.resources["lc"] for d in pts]
-    ys = [d.latency_us(clock_mhz) for d in pts]
+    ys = [d.latency_us for d in pts]
     x0, x1 = 0, max(xs) * 1.1
     y0, y1 = 0, max(ys) * 1.1
 
@@ -246,23 +256,23 @@ def svg_plot(designs: list[Design], clock_mhz: float, title: str, chosen: Design
            f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{H - mb}" stroke="black"/>',
            f'<text x="{(W + ml) / 2}" y="{H - 15}" text-anchor="middle">logic cells (predicted)</text>',
            f'<text x="18" y="{(H - mb + mt) / 2}" text-anchor="middle" transform="rotate(-90 18 '
-           f'{(H - mb + mt) / 2})">latency µs at {clock_mhz:g} MHz</text>']
+           f'{(H - mb + mt) / 2})">latency µs, each design at its clock</text>']
     for i in range(6):
         xv, yv = x0 + (x1 - x0) * i / 5, y0 + (y1 - y0) * i / 5
         out.append(f'<text x="{px(xv):.1f}" y="{H - mb + 16}" text-anchor="middle">{xv:.0f}</text>')
         out.append(f'<text x="{ml - 6}" y="{py(yv) + 4:.1f}" text-anchor="end">{yv:.3g}</text>')
     front = pareto(designs)
     out.append('<polyline fill="none" stroke="#c33" stroke-width="2" points="' +
-               " ".join(f"{px(d.resources['lc']):.1f},{py(d.latency_us(clock_mhz)):.1f}" for d in front) + '"/>')
+               " ".join(f"{px(d.resources['lc']):.1f},{py(d.latency_us):.1f}" for d in front) + '"/>')
     for d in pts:
         on = d in front
-        out.append(f'<circle cx="{px(d.resources["lc"]):.1f}" cy="{py(d.latency_us(clock_mhz)):.1f}" '
+        out.append(f'<circle cx="{px(d.resources["lc"]):.1f}" cy="{py(d.latency_us):.1f}" '
                    f'r="{4 if on else 3}" fill="{"#c33" if on else "#999"}"><title>{html.escape(d.candidate.label())}: '
                    f'{d.cycles} cycles</title></circle>')
     if chosen is not None:
-        out.append(f'<circle cx="{px(chosen.resources["lc"]):.1f}" cy="{py(chosen.latency_us(clock_mhz)):.1f}" '
+        out.append(f'<circle cx="{px(chosen.resources["lc"]):.1f}" cy="{py(chosen.latency_us):.1f}" '
                    f'r="9" fill="none" stroke="black" stroke-width="1.5"/>')
-        out.append(f'<text x="{px(chosen.resources["lc"]) + 12:.1f}" y="{py(chosen.latency_us(clock_mhz)) - 8:.1f}">'
+        out.append(f'<text x="{px(chosen.resources["lc"]) + 12:.1f}" y="{py(chosen.latency_us) - 8:.1f}">'
                    f'chosen: {html.escape(chosen.candidate.label())}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
