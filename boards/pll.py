@@ -66,8 +66,9 @@ def _filter_range(f_pfd: float) -> int:
 
 
 def pll_config(f_in_mhz: float, f_req_mhz: float, *,
-               max_error: float = DEFAULT_MAX_ERROR) -> PllConfig:
-    """DIVR/DIVF/DIVQ/FILTER_RANGE for ``f_req_mhz`` from ``f_in_mhz``, as ``icepll`` chooses them.
+               max_error: float = DEFAULT_MAX_ERROR, at_most: bool = False) -> PllConfig:
+    """DIVR/DIVF/DIVQ/FILTER_RANGE for ``f_req_mhz`` from ``f_in_mhz``, as ``icepll`` chooses them (the
+    closest output; with ``at_most``, the closest that is not above the request).
 
     Raises ZakidError if either frequency is outside the PLL's range, or if the closest achievable
     output is more than ``max_error`` (relative) away from the request.
@@ -92,6 +93,8 @@ def pll_config(f_in_mhz: float, f_req_mhz: float, *,
                 continue
             for divq in range(1, 7):
                 f_out = f_vco / (1 << divq)
+                if at_most and f_out > f_req:
+                    continue
                 if best is None or abs(f_out - f_req) < abs(best[0] - f_req):
                     best = (f_out, divr, divf, divq, f_pfd, f_vco)
     if best is None:

@@ -110,6 +110,14 @@ def test_pll_config_other_inputs():
     assert pll_config(12, LIMIT_OUT[0] + 0.5).f_out == pytest.approx(16.5)
 
 
+def test_pll_config_at_most():
+    """A rebuild asks for the fastest frequency not above a limit: 43.27 MHz from 12 MHz is 43.5 at the
+    closest, 42.75 at most."""
+    assert pll_config(12, 43.27).f_out == 43.5
+    assert pll_config(12, 43.27, at_most=True).f_out == 42.75
+    assert pll_config(12, 45, at_most=True).f_out == 45  # exactly reachable
+
+
 @pytest.mark.parametrize("f_in, f_req", [(12, 5), (12, 400), (5, 30), (200, 30)])
 def test_pll_config_unreachable(f_in, f_req):
     with pytest.raises(ZakidError, match="MHz"):

@@ -57,9 +57,10 @@ class Compiled:
         """Predicted resources of the chosen configuration (:mod:`zakid_hw.cost_model`)."""
         return self.chosen.resources
 
-    def with_clock(self, f_mhz: float) -> "Compiled":
-        """The same design at another clock (the PLL's nearest frequency; UART divisor recomputed)."""
-        f_actual = pll_config(self.board.osc_mhz, f_mhz).f_out
+    def with_clock(self, f_mhz: float, at_most: bool = False) -> "Compiled":
+        """The same design at another clock (the PLL's nearest frequency, or with ``at_most`` the nearest
+        not above ``f_mhz``; UART divisor recomputed)."""
+        f_actual = pll_config(self.board.osc_mhz, f_mhz, at_most=at_most).f_out
         divisor = max(4, round(f_actual * 1e6 / self.baud))
         return replace(self, config=replace(self.config, clock_mhz=f_actual, uart_divisor=divisor))
 
