@@ -20,7 +20,7 @@ from .onnx_import import load_model
 
 #: default clock per device family member: what nextpnr closes for the generated designs with margin
 #: (bench/models_results.md: on the UP5K every reference model closes 40.5 MHz; on the HX8K, with no DSP
-#: blocks and a faster fabric, the digits MLP and TFC-w2a2 close 60 MHz at 69.6 and 96.6 MHz; the HX1K
+#: blocks and a faster fabric, the digits MLP and TFC-w2a2 close 60 MHz at 73.4 and 100.2 MHz; the HX1K
 #: has the HX8K's fabric)
 DEFAULT_CLOCK_MHZ = {"up5k": 40.5, "hx8k": 60.0, "hx1k": 60.0}
 #: the default for a design predicted to use at most SMALL_DESIGN_FILL of the device's logic cells: less
