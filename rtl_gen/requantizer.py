@@ -24,6 +24,13 @@ def requantizer_ports(width, tables, tag_width):
     }
 
 
+def drive_outputs(m, rq, last, valids):
+    """The outputs both forms share, straight from the last stage's registers ``last`` (not registered
+    again): the code is its base plus its prefix; ``busy`` while any stage's ``valids`` is set."""
+    m.d.comb += [rq.o_valid.eq(last["valid"]), rq.o_code.eq(last["base"] + last["prefix"]),
+                 rq.o_tag.eq(last["tag"]), rq.busy.eq(Cat(*valids).any())]
+
+
 def stage_memories(m, stages, shape):
     """One memory per search stage (named ``thr<s>``); from stage 1 on each word holds the two candidates
     that share a prefix. Returns their synchronous read ports."""
@@ -100,8 +107,7 @@ class ThresholdRequantizer(wiring.Component):
                          nxt["base"].eq(cur["base"]), nxt["tag"].eq(cur["tag"]),
                          nxt["prefix"].eq(Cat(cur["acc"] >= thr, cur["prefix"]))]
             cur = nxt
-        m.d.comb += [self.o_valid.eq(cur["valid"]), self.o_code.eq(cur["base"] + cur["prefix"]),
-                     self.o_tag.eq(cur["tag"]), self.busy.eq(Cat(*valids).any())]
+        drive_outputs(m, self, cur, valids)
         return m
 
 
@@ -178,6 +184,5 @@ class AffineRequantizer(wiring.Component):
                 m.d.comb += [down.eq(cur["q"] - step), up.eq(cur["q"] + step)]
                 m.d.sync += nxt["q"].eq(Mux(bit, down, up))
             cur = nxt
-        m.d.comb += [self.o_valid.eq(cur["valid"]), self.o_code.eq(cur["base"] + cur["prefix"]),
-                     self.o_tag.eq(cur["tag"]), self.busy.eq(Cat(*valids).any())]
+        drive_outputs(m, self, cur, valids)
         return m

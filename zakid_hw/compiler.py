@@ -58,10 +58,8 @@ class Compiled:
         return self.chosen.resources
 
     def with_clock(self, f_mhz: float, at_most: bool = False) -> "Compiled":
-        """The same design at another clock (the PLL's nearest frequency, or with ``at_most`` the nearest
-        not above ``f_mhz``; UART divisor recomputed)."""
-        f_actual = pll_config(self.board.osc_mhz, f_mhz, at_most=at_most).f_out
-        divisor = max(4, round(f_actual * 1e6 / self.baud))
+        """The same design at another clock (see :func:`clock_and_divisor`; UART divisor recomputed)."""
+        f_actual, divisor = clock_and_divisor(self.board, f_mhz, self.baud, at_most=at_most)
         return replace(self, config=replace(self.config, clock_mhz=f_actual, uart_divisor=divisor))
 
     @property
@@ -122,19 +120,14 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     graph = load_model(model_path, calibration=calibration)
     lowered = passes.lower_for_hardware(graph)
     sketch = schedule.make_program(lowered, 1)  # the layers, before the lane count is known
-
-    def clock_for(f):  # the PLL's nearest frequency and the UART divisor there
-        f_actual = brd.osc_mhz if math.isclose(f, brd.osc_mhz) else pll_config(brd.osc_mhz, f).f_out
-        return f_actual, uart_divisor or max(4, round(f_actual * 1e6 / baud))
-
     clock_auto = clock_mhz is None and uart_divisor is None
-    f_actual, divisor = clock_for(DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz) if clock_mhz is None
-                                  else float(clock_mhz))
+    f_actual, divisor = clock_and_divisor(brd, DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz)
+                                          if clock_mhz is None else float(clock_mhz), baud, uart_divisor)
     base = AccelConfig(clock_mhz=f_actual, uart_divisor=divisor)
     cands = explore.candidates(brd, sketch, lanes=lanes, dsp_pack=dsp_pack, weights=weights,
                                requantizer=requantizer, low_bit=low_bit(sketch), pixels=pixels)
     designs = explore.evaluate(brd, lowered, cands, base_config=base, clock_for=(
-        (lambda lc: clock_for(automatic_clock_mhz(brd, lc))) if clock_auto else None))
+        (lambda lc: clock_and_divisor(brd, automatic_clock_mhz(brd, lc), baud)) if clock_auto else None))
     if not designs:
         raise ZakidError("--pixels 2: no layer of this model can run two output pixels at once (that needs a "
                          "pointwise convolution: 1x1 kernel, stride 1, no padding, input channels a multiple of "
@@ -155,6 +148,17 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     return Compiled(str(model_path), graph, lowered, best.program, best.image, best.config, brd, best.plan,
                     signature_of(best.image), clock_auto=clock_auto, baud=baud,
                     designs=designs, chosen=best, objective=objective)
+
+
+def clock_and_divisor(board: Board, f_mhz: float, baud: float, uart_divisor: int | None = None, *,
+                      at_most: bool = False) -> tuple[float, int]:
+    """The clock ``board`` makes for ``f_mhz`` (its oscillator, or the PLL's nearest frequency, with
+    ``at_most`` the nearest not above ``f_mhz``) and the UART divisor there (``uart_divisor`` if given)."""
+    if math.isclose(f_mhz, board.osc_mhz):
+        f_actual = board.osc_mhz
+    else:
+        f_actual = pll_config(board.osc_mhz, f_mhz, at_most=at_most).f_out
+    return f_actual, uart_divisor or max(4, round(f_actual * 1e6 / baud))
 
 
 def automatic_clock_mhz(board: Board, lc: int) -> float:
