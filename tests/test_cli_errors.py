@@ -290,7 +290,7 @@ def test_late_failure_leaves_nothing(tmp_path, monkeypatch):
         assert Path(out).parent.is_dir()  # the temporary folder exists at this point
         raise ZakidError("nextpnr failed on purpose")
 
-    monkeypatch.setattr(build_mod, "build_bitstream", fail)
+    monkeypatch.setattr(build_mod, "build_bitstreams", fail)
     out = tmp_path / "builds" / "digits"
     with pytest.raises(ZakidError, match="on purpose"):
         build_mod.build(c, out, log=lambda *a: None)

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from boards import BoardTop, get_board
 from zakid_hw.errors import ZakidError
-from zakid_hw.synth import ResourceUse, build_bitstream, parse_nextpnr_report
+from zakid_hw.synth import ResourceUse, build_bitstream, build_bitstreams, parse_nextpnr_report, seed_dir
 
 
 class ToyCore(wiring.Component):
@@ -84,6 +84,22 @@ def test_fsm_state_is_recoded(icebreaker_build):
     assert "Register has an initialization value" not in log
     recoded = [line for line in log.splitlines() if line.startswith("Recoding FSM") and "toy_state" in line]
     assert recoded, "the toy FSM was not extracted"
+
+
+def test_seeds_share_one_synthesis(tmp_path):
+    """build_bitstreams runs Yosys once and nextpnr and icepack once per seed, each in its own folder, on
+    that one netlist; the seeds give different placements."""
+    board = get_board("icebreaker")
+    runs = build_bitstreams(BoardTop(board, 30, ToyCore), board, tmp_path, f_mhz=30, seeds=[1, 2], workers=2)
+    assert [r.seed for r in runs] == [1, 2]
+    assert [r.out_dir for r in runs] == [seed_dir(tmp_path, 1).resolve(), seed_dir(tmp_path, 2).resolve()]
+    assert sorted(p.name for p in tmp_path.rglob("top.rpt")) == ["top.rpt"] and (tmp_path / "top.rpt").exists()
+    for r in runs:
+        assert r.verilog == (tmp_path / "top.v").resolve() and r.logs["yosys-log"] == (tmp_path / "top.rpt").resolve()
+        assert r.logs["nextpnr-ice40-log"].parent == r.out_dir and r.bitstream.stat().st_size > 100_000
+        assert r.tool_seconds["yosys"] == runs[0].tool_seconds["yosys"] and r.fmax_mhz > 0
+    asc = [(r.out_dir / "top.asc").read_text() for r in runs]
+    assert asc[0] != asc[1]
 
 
 def test_parse_nextpnr_report(tmp_path):

@@ -22,7 +22,7 @@ from .compiler import Compiled
 from .errors import ZakidError
 from .flash_image import WEIGHTS_OFFSET, flash_image
 from .simulate import simulate_codes, verification_rows
-from .synth import build_bitstream
+from .synth import build_bitstreams
 
 
 def build(compiled: Compiled, out_dir, *, seed=None, seeds=1, calibration_path=None, log=print) -> dict:
@@ -87,14 +87,10 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
     tried = []  # (seed, Fmax) of every place-and-route run
 
     def place_and_route(c, runs):
-        def one(s):
-            hw = out / "hw" if len(runs) == 1 else out / f"hw-seed{s}"
-            top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
-            return build_bitstream(top, c.board, hw, f_mhz=c.config.clock_mhz, seed=s, name=name)
-
-        # nextpnr is single-threaded: several seeds run side by side, as many at a time as there are cores
-        with ThreadPoolExecutor(max_workers=pnr_workers(len(runs))) as pool:
-            results = list(pool.map(one, runs))
+        # one synthesis, then nextpnr once per seed: side by side, as many at a time as there are cores
+        top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
+        results = build_bitstreams(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seeds=runs,
+                                   workers=pnr_workers(len(runs)), name=name)
         best = None
         for s, r in zip(runs, results):
             tried.append({"seed": s, "clock_mhz": c.config.clock_mhz,

@@ -19,6 +19,9 @@ Files in ``out_dir``: ``<name>.v`` (top-level Verilog), ``<name>.bin`` (bitstrea
 ``<name>.report.json`` (nextpnr report), ``<name>.rpt`` (Yosys log), ``<name>.tim`` (nextpnr log),
 ``<name>.<tool>.log`` (each tool's console output), and the plan's inputs (``.il``, ``.ys``, ``.pcf``,
 ``build_<name>.sh``) and intermediates (``.json`` netlist, ``.asc``).
+
+:func:`build_bitstreams` tries several nextpnr seeds on one synthesis: Yosys runs once, then nextpnr and
+icepack once per seed, side by side, each in its own ``seed<N>/`` folder of ``out_dir``.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sim.runner import ELABORATION_LOCK
 from zakid_hw.errors import ZakidError
 
-__all__ = ["ResourceUse", "ClockFmax", "NextpnrReport", "SynthResult", "build_bitstream",
-           "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
+__all__ = ["ResourceUse", "ClockFmax", "NextpnrReport", "SynthResult", "build_bitstream", "build_bitstreams",
+           "seed_dir",           "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
 
 #: SynthResult resource keys -> nextpnr bel types in the report's "utilization".
 RESOURCE_CELLS = {
@@ -247,7 +251,31 @@ def build_bitstream(top, board, out_dir, *, f_mhz: float, seed: int | None = Non
     ZakidError (the bitstream is still written). Tool failures raise ZakidError naming the tool,
     with the tail of its log.
     """
+    return build_bitstreams(top, board, out_dir, f_mhz=f_mhz, seeds=[seed], name=name,
+                            require_timing=require_timing, synth_opts=synth_opts,
+                            nextpnr_opts=nextpnr_opts, timeout=timeout)[0]
+
+
+def seed_dir(out_dir, seed) -> Path:
+    """Where :func:`build_bitstreams` places and routes ``seed`` when it runs several."""
+    return Path(out_dir) / f"seed{seed}"
+
+
+def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), workers: int = 1,
+                     name: str = "top", require_timing: bool = False,
+                     synth_opts: tuple[str, ...] = (), nextpnr_opts: tuple[str, ...] = (),
+                     timeout: float | None = None) -> list[SynthResult]:
+    """:func:`build_bitstream` for several nextpnr seeds: one synthesis, then a place and route of that
+    netlist per seed, ``workers`` of them at a time (nextpnr is single-threaded). Returns one
+    :class:`SynthResult` per seed, in the order of ``seeds``.
+
+    Synthesis (Yosys is deterministic: the same netlist for every seed) writes into ``out_dir``; with one
+    seed the place and route does too, with several each goes to :func:`seed_dir`.
+    """
     out_dir = Path(out_dir).resolve()
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("no seeds to build")
     out_dir.mkdir(parents=True, exist_ok=True)
     f_target = float(getattr(top, "f_actual_mhz", f_mhz))
     top_f = getattr(top, "f_mhz", None)
@@ -263,13 +291,15 @@ def build_bitstream(top, board, out_dir, *, f_mhz: float, seed: int | None = Non
     if board.device.dsp > 0 and "-dsp" not in synth:
         synth.insert(0, "-dsp")
     pnr = ["--report", report_name, "--freq", f"{f_target:g}", "--timing-allow-fail"]
-    if seed is not None:
-        pnr += ["--seed", str(int(seed))]
-    pnr += list(nextpnr_opts)
 
+    run_dirs = [out_dir] if len(seeds) == 1 else [seed_dir(out_dir, s) for s in seeds]
     # Products of an earlier build must not be mistaken for this one's.
-    for product in (f"{name}.bin", f"{name}.asc", f"{name}.json", report_name, f"{name}.v"):
+    for product in (f"{name}.json", f"{name}.v"):
         (out_dir / product).unlink(missing_ok=True)
+    for d in run_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        for product in (f"{name}.bin", f"{name}.asc", report_name):
+            (d / product).unlink(missing_ok=True)
 
     platform = _platform_with_verilog(board)
     t0 = time.monotonic()
@@ -279,55 +309,91 @@ def build_bitstream(top, board, out_dir, *, f_mhz: float, seed: int | None = Non
                               synth_opts=" ".join(synth), nextpnr_opts=" ".join(pnr),
                               script_after_read=FSM_SCRIPT)
     plan.extract(str(out_dir))
-    tool_seconds = {"elaborate": time.monotonic() - t0}
+    shared_seconds = {"elaborate": time.monotonic() - t0}
 
     commands = json.loads((out_dir / f"build_{name}.json").read_text())["commands"]
-    logs: dict[str, Path] = {}
     for argv in commands:
-        tool = argv[0]
-        if tool not in _TOOLS:  # pragma: no cover - a platform with other tools
-            raise ZakidError(f"Unexpected tool {tool!r} in the build plan of {board.name}.")
-        exe = tool_command(tool)
-        console_log = out_dir / f"{name}.{tool}.log"
-        logs[tool] = console_log
-        own = _TOOL_LOGS[tool]
-        if own:
-            logs[tool + "-log"] = out_dir / own.format(name=name)
-        t = time.monotonic()
-        try:
-            with open(console_log, "wb") as fh:
-                proc = subprocess.run([exe, *argv[1:]], cwd=out_dir, stdout=fh,
-                                      stderr=subprocess.STDOUT, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ZakidError(f"{tool} did not finish within {timeout:g} s building {name} for "
-                             f"{board.name}; its log is {console_log}.") from None
-        except OSError as exc:
-            raise ZakidError(f"Cannot run {tool} ({exe}): {exc}") from None
-        tool_seconds[tool] = time.monotonic() - t
-        if proc.returncode != 0:
-            raise ZakidError(_failure_message(tool, proc.returncode, name, board, console_log,
-                                              out_dir / own.format(name=name) if own else None))
+        if argv[0] not in _TOOLS:  # pragma: no cover - a platform with other tools
+            raise ZakidError(f"Unexpected tool {argv[0]!r} in the build plan of {board.name}.")
+    synthesis = [a for a in commands if a[0] == "yosys"]
+    per_seed = [a for a in commands if a[0] != "yosys"]
+    shared_logs: dict[str, Path] = {}
+    for argv in synthesis:
+        shared_seconds[argv[0]] = _run_tool(argv, out_dir, name, board, timeout, shared_logs)
 
-    bitstream = out_dir / f"{name}.bin"
+    def place_and_route(seed, run_dir):
+        logs, seconds = dict(shared_logs), dict(shared_seconds)
+        for argv in per_seed:
+            argv, cwd = list(argv), run_dir
+            if argv[0] == "nextpnr-ice40":
+                # nextpnr reads the synthesis's netlist and pin constraints and writes into run_dir, which is
+                # out_dir or a folder in it (YoWASP tools see only their working directory's tree)
+                cwd, rel = out_dir, run_dir.relative_to(out_dir)
+                argv = [str(rel / a) if i and argv[i - 1] in ("--asc", "--report", "--log") else a
+                        for i, a in enumerate(argv)]
+                if seed is not None:
+                    argv += ["--seed", str(int(seed))]
+                argv += list(nextpnr_opts)
+            seconds[argv[0]] = _run_tool(argv, cwd, name, board, timeout, logs, log_dir=run_dir)
+        return _result(name, board, out_dir, run_dir, report_name, logs, f_target, seconds, seed)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(seeds)))) as pool:
+        results = list(pool.map(place_and_route, seeds, run_dirs))
+    if require_timing:
+        for result in results:
+            if not result.timing_met:
+                fmax = "unknown" if result.fmax_mhz is None else f"{result.fmax_mhz:.2f} MHz"
+                asked = "" if abs(f_target - float(f_mhz)) < 1e-9 else f" (the PLL's nearest to {f_mhz:g})"
+                raise ZakidError(f"The design does not meet timing on {board.name}: the sync clock runs at "
+                                 f"{f_target:g} MHz{asked} but nextpnr achieved Fmax {fmax}. Ask for a "
+                                 f"lower clock frequency (--clock), or try another --seed.")
+    return results
+
+
+def _run_tool(argv, cwd: Path, name: str, board, timeout, logs: dict[str, Path],
+              log_dir: Path | None = None) -> float:
+    """Run one command of the build plan in ``cwd``, its console output to ``<name>.<tool>.log`` in
+    ``log_dir`` (where its own log goes too; default ``cwd``); records its logs in ``logs`` and returns its
+    wall time. A failure raises ZakidError naming the tool."""
+    tool = argv[0]
+    exe = tool_command(tool)
+    log_dir = cwd if log_dir is None else log_dir
+    console_log = log_dir / f"{name}.{tool}.log"
+    logs[tool] = console_log
+    own = _TOOL_LOGS[tool]
+    if own:
+        logs[tool + "-log"] = log_dir / own.format(name=name)
+    t = time.monotonic()
+    try:
+        with open(console_log, "wb") as fh:
+            proc = subprocess.run([exe, *argv[1:]], cwd=cwd, stdout=fh,
+                                  stderr=subprocess.STDOUT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ZakidError(f"{tool} did not finish within {timeout:g} s building {name} for "
+                         f"{board.name}; its log is {console_log}.") from None
+    except OSError as exc:
+        raise ZakidError(f"Cannot run {tool} ({exe}): {exc}") from None
+    if proc.returncode != 0:
+        raise ZakidError(_failure_message(tool, proc.returncode, name, board, console_log,
+                                          log_dir / own.format(name=name) if own else None))
+    return time.monotonic() - t
+
+
+def _result(name, board, out_dir: Path, run_dir: Path, report_name, logs, f_target, seconds, seed) -> SynthResult:
+    """The SynthResult of one place and route in ``run_dir`` of the synthesis in ``out_dir``."""
+    bitstream = run_dir / f"{name}.bin"
     if not bitstream.exists() or bitstream.stat().st_size == 0:
         raise ZakidError(f"icepack reported success but wrote no bitstream {bitstream}.")
-    report = parse_nextpnr_report(out_dir / report_name)
+    report = parse_nextpnr_report(run_dir / report_name)
     resources = dict(report.resources)
     # Totals the report leaves out (bel types a part lacks) come from the device table.
     for key, total in board.device.totals.items():
         if resources[key].total == 0 and total:
             resources[key] = ResourceUse(resources[key].used, total)
     sync = _pick_sync_clock(report.fmax, f_target)
-    result = SynthResult(
-        name=name, board=board.name, device=board.device.name, out_dir=out_dir,
-        bitstream=bitstream, verilog=out_dir / f"{name}.v", report=out_dir / report_name,
+    return SynthResult(
+        name=name, board=board.name, device=board.device.name, out_dir=run_dir,
+        bitstream=bitstream, verilog=out_dir / f"{name}.v", report=run_dir / report_name,
         logs=logs, resources=resources, f_target_mhz=f_target,
         fmax_mhz=None if sync is None else report.fmax[sync].achieved_mhz, sync_clock=sync,
-        clock_fmax=report.fmax, tool_seconds=tool_seconds, seed=seed)
-    if require_timing and not result.timing_met:
-        fmax = "unknown" if result.fmax_mhz is None else f"{result.fmax_mhz:.2f} MHz"
-        asked = "" if abs(f_target - float(f_mhz)) < 1e-9 else f" (the PLL's nearest to {f_mhz:g})"
-        raise ZakidError(f"The design does not meet timing on {board.name}: the sync clock runs at "
-                         f"{f_target:g} MHz{asked} but nextpnr achieved Fmax {fmax}. Ask for a "
-                         f"lower clock frequency (--clock), or try another --seed.")
-    return result
+        clock_fmax=report.fmax, tool_seconds=seconds, seed=seed)
