@@ -7,7 +7,9 @@
   DSPs (``-dsp`` on an HX part would ask for DSP cells the part does not have);
 * ``nextpnr_opts="--report <name>.report.json --freq <MHz> --timing-allow-fail [--seed N]"``: the report
   gives utilisation and Fmax; timing is judged here (:attr:`SynthResult.timing_met`), not by nextpnr;
-* ``script_after_read=FSM_SCRIPT``, so that Yosys re-encodes the FSMs one-hot (see :data:`FSM_SCRIPT`).
+* ``script_after_read=FSM_SCRIPT``, so that Yosys re-encodes the FSMs one-hot (see :data:`FSM_SCRIPT`);
+* ``synth_opts`` ``-run :map_ram`` and a ``script_after_synth`` that runs the rest of ``synth_ice40`` with
+  a faster block-RAM template (:mod:`zakid_hw.yosys_brams`, written to ``zakid_brams_map.v``).
 
 It then runs the plan's three commands itself (one subprocess each, so a failure names its tool),
 taking each tool from the environment variable Amaranth uses (``YOSYS``, ``NEXTPNR_ICE40``,
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from sim.runner import ELABORATION_LOCK
 from zakid_hw.errors import ZakidError
+from zakid_hw.yosys_brams import MAP_FILE, fast_brams_map, map_ram_overrides, yosys_share_dir
 
 __all__ = ["ResourceUse", "ClockFmax", "NextpnrReport", "SynthResult", "build_bitstream", "build_bitstreams",
            "seed_dir",           "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
@@ -301,14 +304,21 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
         for product in (f"{name}.bin", f"{name}.asc", report_name):
             (d / product).unlink(missing_ok=True)
 
+    overrides = {}
+    fast_map = fast_brams_map(yosys_share_dir())
+    if fast_map is not None:  # synth_ice40 in two parts around a faster block-RAM map (yosys_brams.py)
+        synth, overrides["script_after_synth"] = map_ram_overrides(synth, name)
+
     platform = _platform_with_verilog(board)
     t0 = time.monotonic()
     # Elaboration errors other than ZakidError are bugs in the design generator: let them through.
     with ELABORATION_LOCK:
         plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
                               synth_opts=" ".join(synth), nextpnr_opts=" ".join(pnr),
-                              script_after_read=FSM_SCRIPT)
+                              script_after_read=FSM_SCRIPT, **overrides)
     plan.extract(str(out_dir))
+    if fast_map is not None:
+        (out_dir / MAP_FILE).write_text(fast_map)
     shared_seconds = {"elaborate": time.monotonic() - t0}
 
     commands = json.loads((out_dir / f"build_{name}.json").read_text())["commands"]
