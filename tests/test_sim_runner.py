@@ -54,3 +54,13 @@ def test_timeout_raises():
     with pytest.raises(SimulationError, match="timed out"):
         simulate(Counter(), name="toy_counter", test_module="counter_bench", test_dir=BENCHES,
                  build_dir=BUILD, parameters={"hang": True}, timeout_s=3)
+
+
+def test_only_the_top_module_is_visible():
+    """Verilator compiles the model with the top module's signals public, not every signal (which cocotb's
+    runner asks for and which made large models compile twice as long)."""
+    run(cycles=2)
+    # Verilator keeps its command line in the model's Vtop__verFiles.dat, on the line that starts with C
+    dat = (build(Counter(), name="toy_counter", build_dir=BUILD).path / "Vtop__verFiles.dat").read_text()
+    command = next(line for line in dat.splitlines() if line.startswith("C "))
+    assert "--public-depth 1" in command and "--public-flat-rw" not in command
