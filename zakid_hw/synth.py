@@ -5,8 +5,9 @@
 
 * ``synth_opts="-dsp"`` on parts with SB_MAC16 blocks (UP5K), so ``synth_ice40`` maps multipliers to
   DSPs (``-dsp`` on an HX part would ask for DSP cells the part does not have);
-* ``nextpnr_opts="--report <name>.report.json --freq <MHz> --timing-allow-fail [--seed N]"``: the report
-  gives utilisation and Fmax; timing is judged here (:attr:`SynthResult.timing_met`), not by nextpnr;
+* ``nextpnr_opts="--report <name>.report.json --freq <MHz> --timing-allow-fail"``: the report gives
+  utilisation and Fmax; timing is judged here (:attr:`SynthResult.timing_met`), not by nextpnr (``--seed N``
+  and the caller's ``nextpnr_opts`` are added to each place-and-route run);
 * ``script_after_read=FSM_SCRIPT``, so that Yosys re-encodes the FSMs one-hot (see :data:`FSM_SCRIPT`);
 * ``synth_opts`` ``-run :map_ram`` and a ``script_after_synth`` that runs the rest of ``synth_ice40`` with
   a faster block-RAM template (:mod:`zakid_hw.yosys_brams`, written to ``zakid_brams_map.v``).
@@ -43,7 +44,7 @@ from zakid_hw.errors import ZakidError
 from zakid_hw.yosys_brams import MAP_FILE, fast_brams_map, map_ram_overrides, yosys_share_dir
 
 __all__ = ["ResourceUse", "ClockFmax", "NextpnrReport", "SynthResult", "build_bitstream", "build_bitstreams",
-           "seed_dir",           "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
+           "seed_dir", "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
 
 #: SynthResult resource keys -> nextpnr bel types in the report's "utilization".
 RESOURCE_CELLS = {
