@@ -824,15 +824,14 @@ def can_chain(prev: LayerDescriptor, desc: LayerDescriptor, reads_prev_output: b
     return reads_prev_output and dense and not desc.is_max and not prev.raw_bytes and desc.k >= prev.n_last
 
 
-def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[list[int], list[int], list[int]]:
+def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[list[int], list[int]]:
     """Per layer: its cycles (first step to the next layer's first step, or to ``done``), its chain
-    gap (0, or cycles from the previous layer's last step to its first; see :func:`layer_cycles`) and its
-    tail (cycles from its last step to the next layer's first step, or to ``done``).
+    gap (0, or cycles from the previous layer's last step to its first; see :func:`layer_cycles`).
 
     With ``may_chain`` (per layer, :func:`can_chain`'s answer) the gaps are worked out; without it the
     descriptors' ``chain_gap`` is used."""
     prev = None  # (last step, drain cycles) of the group before, of whichever layer
-    t, cycles, gaps, tails = 0, [], [0], []
+    t, cycles, gaps = 0, [], [0]
     for i, desc in enumerate(descs):
         origin = t
         writes = []  # (first output byte, first lane's write cycle) per group and pixel
@@ -865,16 +864,11 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
             lo, hi = nxt.start, nxt.start + nxt.k
             need = max((w0 - o + nxt.start for o, w0 in writes if o < hi and o + lanes > lo), default=0)
             gap = max(MIN_CHAIN_GAP, need - last_step, 1 + prev[1] - nxt.k)  # (the last: can_chain's k >= n_last)
-        if gap:
-            t = last_step + gap
-        else:
-            tail = RAW_EXTRA if desc.raw_bytes else requant_latency
-            t = last_step + 1 + desc.drain_cycles(desc.n_last, desc.b_last) + PIPELINE_TO_DRAIN + tail
+        t = last_step + (gap or _drained(desc, requant_latency))
         cycles.append(t - origin)
-        tails.append(t - last_step)
         if nxt is not None:
             gaps.append(gap)
-    return cycles, gaps, tails
+    return cycles, gaps
 
 
 def chain_gaps(descs, lanes: int, requant_latency: int, reads_prev_output) -> list[int]:
@@ -885,10 +879,19 @@ def chain_gaps(descs, lanes: int, requant_latency: int, reads_prev_output) -> li
     return _timeline(descs, lanes, requant_latency, ok)[1]
 
 
+def _drained(desc: LayerDescriptor, requant_latency: int) -> int:
+    """Cycles from a layer's last MAC step until its last output is written and the drain is free."""
+    tail = RAW_EXTRA if desc.raw_bytes else requant_latency
+    return 1 + desc.drain_cycles(desc.n_last, desc.b_last) + PIPELINE_TO_DRAIN + tail
+
+
 def layer_tails(image: AccelImage) -> list[int]:
     """Per layer, the cycles from its last MAC step to the next layer's first (or to ``done``): the
-    controller counts them instead of watching the drain and the requantizer empty."""
-    return _timeline(image.layers, image.lanes, image.requant_latency)[2]
+    controller counts them instead of watching the drain and the requantizer empty. The next layer's
+    ``chain_gap`` when it chains, else until the layer is all written."""
+    nxt = [*image.layers[1:], None]
+    return [n.chain_gap if n is not None and n.chain_gap else _drained(d, image.requant_latency)
+            for d, n in zip(image.layers, nxt)]
 
 
 def layer_cycles(image: AccelImage) -> list[int]:
