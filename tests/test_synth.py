@@ -102,6 +102,15 @@ def test_seeds_share_one_synthesis(tmp_path):
     assert asc[0] != asc[1]
 
 
+def test_a_seed_that_meets_the_clock_stops_the_later_seeds(tmp_path):
+    """With stop_when_met, seed 1 meets 30 MHz, so seed 2 (waiting for the one worker) never runs."""
+    board = get_board("icebreaker")
+    runs = build_bitstreams(BoardTop(board, 30, ToyCore), board, tmp_path, f_mhz=30, seeds=[1, 2], workers=1,
+                            stop_when_met=True)
+    assert runs[0].timing_met and runs[0].bitstream.exists() and runs[1] is None
+    assert not (seed_dir(tmp_path, 2) / "top.bin").exists()
+
+
 def test_parse_nextpnr_report(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({

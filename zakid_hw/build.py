@@ -22,7 +22,7 @@ from .compiler import Compiled
 from .errors import ZakidError
 from .flash_image import WEIGHTS_OFFSET, flash_image
 from .simulate import simulate_codes, verification_rows
-from .synth import build_bitstreams
+from .synth import build_bitstreams, first_met
 
 
 def build(compiled: Compiled, out_dir, *, seed=None, seeds=1, calibration_path=None, log=print) -> dict:
@@ -54,7 +54,9 @@ def seed_list(seed, seeds: int) -> list:
 
 #: seeds the first place and route at the automatic clock tries (when no seed was asked for), and a rebuild
 #: at a lower clock, when the cores allow (see pnr_workers): one run's Fmax varies by several MHz with the
-#: seed (the digits MLP at 45 MHz: 44.6 MHz with nextpnr's default, 46.4, 44.2, 47.1, 47.1 with seeds 1-4)
+#: seed (the digits MLP at 45 MHz: 44.6 MHz with nextpnr's default, 46.4, 44.2, 47.1, 47.1 with seeds 1-4).
+#: The first seed that meets the clock is kept, and runs of later seeds stop when it does
+#: (synth.build_bitstreams' stop_when_met), so the build is reproducible and no slower than one run of it
 AUTO_RUNS = 2
 
 
@@ -86,20 +88,22 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
     name = Path(c.model_path).stem
     tried = []  # (seed, Fmax) of every place-and-route run
 
-    def place_and_route(c, runs):
-        # one synthesis, then nextpnr once per seed: side by side, as many at a time as there are cores
+    def place_and_route(c, runs, first_that_meets):
+        # one synthesis, then nextpnr once per seed: side by side, as many at a time as there are cores.
+        # Seeds asked for (--seeds): the highest Fmax is kept. Automatic ones: the first that meets the clock.
         top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
         results = build_bitstreams(top, c.board, out / "hw", f_mhz=c.config.clock_mhz, seeds=runs,
-                                   workers=pnr_workers(len(runs)), name=name)
-        best = None
+                                   workers=pnr_workers(len(runs)), name=name, stop_when_met=first_that_meets)
         for s, r in zip(runs, results):
             tried.append({"seed": s, "clock_mhz": c.config.clock_mhz,
-                          "fmax_mhz": round(r.fmax_mhz, 2) if r.fmax_mhz else None})
+                          "fmax_mhz": round(r.fmax_mhz, 2) if r is not None and r.fmax_mhz else None,
+                          "stopped": r is None})
             if len(runs) > 1:
-                log(f"      seed {s}: Fmax {r.fmax_mhz:.2f} MHz")
-            if best is None or (r.fmax_mhz or 0) > (best.fmax_mhz or 0):
-                best = r
-        return best
+                log(f"      seed {s}: " + ("stopped (an earlier seed met the clock)" if r is None
+                                           else f"Fmax {r.fmax_mhz:.2f} MHz"))
+        done = [r for r in results if r is not None]
+        best = max(done, key=lambda r: r.fmax_mhz or 0)  # the first of equals
+        return (first_met(done) or best) if first_that_meets else best
 
     # The RTL check (Verilator) and the first synthesis, place and route (Yosys, nextpnr) are separate
     # programs: they run side by side, one core each. An RTL check that fails still waits for the other.
@@ -107,8 +111,9 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
     log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz"
         " (alongside the RTL check)")
     with ThreadPoolExecutor(max_workers=1) as pool:
-        first = seeds if seed is not None or seeds > 1 or not c.clock_auto else pnr_workers(AUTO_RUNS)
-        first_run = pool.submit(place_and_route, c, seed_list(seed, first))
+        auto = seed is None and seeds <= 1 and c.clock_auto
+        first = pnr_workers(AUTO_RUNS) if auto else seeds
+        first_run = pool.submit(place_and_route, c, seed_list(seed, first), auto)
         cycles = _rtl_check(c, log)
         synth = first_run.result()
     for _ in range(3):
@@ -118,7 +123,7 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
         # above 97 % of it), with at least as many seeds side by side as there are cores (no longer than one run)
         c = c.with_clock(synth.fmax_mhz * 0.97, at_most=True)
         log(f"      Fmax {synth.fmax_mhz:.2f} MHz is below the clock: rebuilding at {c.config.clock_mhz:g} MHz")
-        synth = place_and_route(c, seed_list(seed, max(seeds, pnr_workers(AUTO_RUNS))))
+        synth = place_and_route(c, seed_list(seed, max(seeds, pnr_workers(AUTO_RUNS))), seeds <= 1)
     if not synth.timing_met:
         fmax = "unknown" if synth.fmax_mhz is None else f"{synth.fmax_mhz:.2f} MHz"
         raise ZakidError(f"The design does not meet timing on {c.board.name}: the sync clock runs at "

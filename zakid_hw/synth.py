@@ -24,7 +24,9 @@ Files in ``out_dir``: ``<name>.v`` (top-level Verilog), ``<name>.bin`` (bitstrea
 ``build_<name>.sh``) and intermediates (``.json`` netlist, ``.asc``).
 
 :func:`build_bitstreams` tries several nextpnr seeds on one synthesis: Yosys runs once, then nextpnr and
-icepack once per seed, side by side, each in its own ``seed<N>/`` folder of ``out_dir``.
+icepack once per seed, side by side, each in its own ``seed<N>/`` folder of ``out_dir``. With
+``stop_when_met`` a run that meets the clock stops the runs of the seeds after it in the list (the result
+is the same whichever run ends first: see :func:`build_bitstreams`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +47,7 @@ from zakid_hw.errors import ZakidError
 from zakid_hw.yosys_brams import MAP_FILE, fast_brams_map, map_ram_overrides, yosys_share_dir
 
 __all__ = ["ResourceUse", "ClockFmax", "NextpnrReport", "SynthResult", "build_bitstream", "build_bitstreams",
-           "seed_dir", "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
+           "seed_dir", "first_met", "run_seeds", "parse_nextpnr_report", "RESOURCE_CELLS", "tool_command"]
 
 #: SynthResult resource keys -> nextpnr bel types in the report's "utilization".
 RESOURCE_CELLS = {
@@ -265,13 +268,27 @@ def seed_dir(out_dir, seed) -> Path:
     return Path(out_dir) / f"seed{seed}"
 
 
+class _Stopped(Exception):
+    """A place-and-route run stopped because a seed before it met the clock."""
+
+
+def first_met(results) -> SynthResult | None:
+    """The first result (in seed order) that meets its clock; None if none does. Stopped runs are None."""
+    return next((r for r in results if r is not None and r.timing_met), None)
+
+
 def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), workers: int = 1,
-                     name: str = "top", require_timing: bool = False,
+                     name: str = "top", require_timing: bool = False, stop_when_met: bool = False,
                      synth_opts: tuple[str, ...] = (), nextpnr_opts: tuple[str, ...] = (),
-                     timeout: float | None = None) -> list[SynthResult]:
+                     timeout: float | None = None) -> list[SynthResult | None]:
     """:func:`build_bitstream` for several nextpnr seeds: one synthesis, then a place and route of that
     netlist per seed, ``workers`` of them at a time (nextpnr is single-threaded). Returns one
     :class:`SynthResult` per seed, in the order of ``seeds``.
+
+    With ``stop_when_met``, a run that meets the clock stops every run of a seed later in ``seeds`` (killed
+    if running, never started if waiting); their entries are None. Runs of earlier seeds go on, so
+    :func:`first_met` of the results is the same seed whichever run ends first: the build stays
+    reproducible and takes no longer than running them all.
 
     Synthesis (Yosys is deterministic: the same netlist for every seed) writes into ``out_dir``; with one
     seed the place and route does too, with several each goes to :func:`seed_dir`.
@@ -332,7 +349,7 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
     for argv in synthesis:
         shared_seconds[argv[0]] = _run_tool(argv, out_dir, name, board, timeout, shared_logs)
 
-    def place_and_route(seed, run_dir):
+    def place_and_route(seed, run_dir, stop):
         logs, seconds = dict(shared_logs), dict(shared_seconds)
         for argv in per_seed:
             argv, cwd = list(argv), run_dir
@@ -345,14 +362,14 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
                 if seed is not None:
                     argv += ["--seed", str(int(seed))]
                 argv += list(nextpnr_opts)
-            seconds[argv[0]] = _run_tool(argv, cwd, name, board, timeout, logs, log_dir=run_dir)
+            seconds[argv[0]] = _run_tool(argv, cwd, name, board, timeout, logs, log_dir=run_dir, stop=stop)
         return _result(name, board, out_dir, run_dir, report_name, logs, f_target, seconds, seed)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(seeds)))) as pool:
-        results = list(pool.map(place_and_route, seeds, run_dirs))
+    results = run_seeds(lambda i, stop: place_and_route(seeds[i], run_dirs[i], stop), len(seeds), workers,
+                        stop_when_met)
     if require_timing:
         for result in results:
-            if not result.timing_met:
+            if result is not None and not result.timing_met:
                 fmax = "unknown" if result.fmax_mhz is None else f"{result.fmax_mhz:.2f} MHz"
                 asked = "" if abs(f_target - float(f_mhz)) < 1e-9 else f" (the PLL's nearest to {f_mhz:g})"
                 raise ZakidError(f"The design does not meet timing on {board.name}: the sync clock runs at "
@@ -361,11 +378,35 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
     return results
 
 
+def run_seeds(run, n: int, workers: int, stop_when_met: bool) -> list:
+    """``run(i, stop)`` for i in range(n), ``workers`` at a time; returns their results in order. With
+    ``stop_when_met`` a result that meets its clock sets the ``stop`` event (a :class:`threading.Event`) of
+    every later ``i``: a run whose event is set before it starts, or that raises :class:`_Stopped`, gives None.
+    """
+    stops = [threading.Event() for _ in range(n)]
+
+    def one(i):
+        if stops[i].is_set():
+            return None
+        try:
+            result = run(i, stops[i])
+        except _Stopped:
+            return None
+        if stop_when_met and result.timing_met:
+            for later in stops[i + 1:]:
+                later.set()
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, n))) as pool:
+        return list(pool.map(one, range(n)))
+
+
 def _run_tool(argv, cwd: Path, name: str, board, timeout, logs: dict[str, Path],
-              log_dir: Path | None = None) -> float:
+              log_dir: Path | None = None, stop: threading.Event | None = None) -> float:
     """Run one command of the build plan in ``cwd``, its console output to ``<name>.<tool>.log`` in
     ``log_dir`` (where its own log goes too; default ``cwd``); records its logs in ``logs`` and returns its
-    wall time. A failure raises ZakidError naming the tool."""
+    wall time. A failure raises ZakidError naming the tool; once ``stop`` is set the tool is killed (or not
+    started) and :class:`_Stopped` is raised."""
     tool = argv[0]
     exe = tool_command(tool)
     log_dir = cwd if log_dir is None else log_dir
@@ -375,10 +416,17 @@ def _run_tool(argv, cwd: Path, name: str, board, timeout, logs: dict[str, Path],
     if own:
         logs[tool + "-log"] = log_dir / own.format(name=name)
     t = time.monotonic()
+    if stop is not None and stop.is_set():
+        raise _Stopped
     try:
         with open(console_log, "wb") as fh:
-            proc = subprocess.run([exe, *argv[1:]], cwd=cwd, stdout=fh,
-                                  stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.Popen([exe, *argv[1:]], cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+            try:
+                _wait(proc, timeout, stop)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     except subprocess.TimeoutExpired:
         raise ZakidError(f"{tool} did not finish within {timeout:g} s building {name} for "
                          f"{board.name}; its log is {console_log}.") from None
@@ -388,6 +436,27 @@ def _run_tool(argv, cwd: Path, name: str, board, timeout, logs: dict[str, Path],
         raise ZakidError(_failure_message(tool, proc.returncode, name, board, console_log,
                                           log_dir / own.format(name=name) if own else None))
     return time.monotonic() - t
+
+
+#: seconds between looks at a running tool's ``stop`` event
+_POLL = 0.2
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None, stop: threading.Event | None) -> None:
+    """Wait for ``proc`` to end; subprocess.TimeoutExpired after ``timeout`` seconds, _Stopped once ``stop``
+    is set (the caller kills it)."""
+    if stop is None:
+        proc.wait(timeout)
+        return
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        if stop.wait(_POLL if left is None else min(_POLL, left)):
+            raise _Stopped
+        if proc.poll() is not None:
+            return
 
 
 def _result(name, board, out_dir: Path, run_dir: Path, report_name, logs, f_target, seconds, seed) -> SynthResult:
