@@ -108,7 +108,7 @@ def test_a_seed_that_meets_the_clock_stops_the_later_seeds(tmp_path):
     runs = build_bitstreams(BoardTop(board, 30, ToyCore), board, tmp_path, f_mhz=30, seeds=[1, 2], workers=1,
                             stop_when_met=True)
     assert runs[0].timing_met and runs[0].bitstream.exists() and runs[1] is None
-    assert not (seed_dir(tmp_path, 2) / "top.bin").exists()
+    assert runs[0].out_dir == seed_dir(tmp_path, 1).resolve() and not seed_dir(tmp_path, 2).exists()
 
 
 def test_parse_nextpnr_report(tmp_path):

@@ -286,7 +286,7 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
     :class:`SynthResult` per seed, in the order of ``seeds``.
 
     With ``stop_when_met``, a run that meets the clock stops every run of a seed later in ``seeds`` (killed
-    if running, never started if waiting); their entries are None. Runs of earlier seeds go on, so
+    if running, never started if waiting); their entries are None and their folders are removed. Runs of earlier seeds go on, so
     :func:`first_met` of the results is the same seed whichever run ends first: the build stays
     reproducible and takes no longer than running them all.
 
@@ -367,6 +367,9 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
 
     results = run_seeds(lambda i, stop: place_and_route(seeds[i], run_dirs[i], stop), len(seeds), workers,
                         stop_when_met)
+    for result, run_dir in zip(results, run_dirs):
+        if result is None:  # a stopped run leaves no half-written folder (it has one of its own: several seeds)
+            shutil.rmtree(run_dir, ignore_errors=True)
     if require_timing:
         for result in results:
             if result is not None and not result.timing_met:
