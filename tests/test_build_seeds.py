@@ -29,15 +29,17 @@ class FakeBuilds:
     ``stop_when_met`` the seeds after the first that meets the clock give None (stopped), as there."""
 
     def __init__(self, fmax):
-        self.fmax, self.calls, self.batches, self.stop_flags = fmax, [], [], []
+        self.fmax, self.calls, self.batches, self.stop_flags, self.gates = fmax, [], [], [], []
 
-    def __call__(self, top, board, out, *, f_mhz, seeds=(None,), workers=1, name="top", stop_when_met=False, **kw):
+    def __call__(self, top, board, out, *, f_mhz, seeds=(None,), workers=1, name="top", stop_when_met=False,
+                 later_after=None, **kw):
         for obj in (top, getattr(top, "clock", None)):  # never elaborated: no "created but never used"
             if obj is not None:
                 obj._MustUse__used = True
         self.calls += [(s, f_mhz) for s in seeds]
         self.batches.append((list(seeds), workers))
         self.stop_flags.append(stop_when_met)
+        self.gates.append(later_after)
         results = []
         for s in seeds:
             if stop_when_met and first_met(results) is not None:
@@ -90,6 +92,7 @@ def test_automatic_seeds_keep_the_first_that_meets_the_clock(tmp_path, monkeypat
     fake = FakeBuilds(lambda s, f: f + s)
     report, out = _build(tmp_path, monkeypatch, fake)
     assert fake.stop_flags == [True]
+    assert fake.gates[0].is_set()  # the later seeds waited for the RTL check, which is done
     assert (out / "digits_mlp_int8.bin").read_bytes() == b"seed 1" and report["fmax_mhz"] == report["clock_mhz"] + 1
     assert [(r["seed"], r["stopped"]) for r in report["place_and_route_runs"]] == [(1, False), (2, True)]
 
@@ -190,3 +193,19 @@ def test_a_stopped_run_kills_its_tool(tmp_path, monkeypatch):
     assert not t.is_alive() and len(error) == 1 and isinstance(error[0], synth._Stopped)
     with pytest.raises(ProcessLookupError):
         os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+def test_later_seeds_wait_for_the_gate():
+    """With ``later_after``, only the first seed runs until the event is set (the build sets it when its RTL
+    check is done, so the first seed has a core to itself)."""
+    gate, second = threading.Event(), threading.Event()
+
+    def run(i, stop):
+        if i == 0:
+            assert not second.wait(1)  # the second seed does not start before the gate opens
+            gate.set()
+        else:
+            second.set()
+        return _met(i, ok=False)
+
+    assert [r.seed for r in run_seeds(run, 2, 2, stop_when_met=True, later_after=gate)] == [0, 1]

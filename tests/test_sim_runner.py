@@ -1,5 +1,6 @@
 """sim.runner.simulate(): parameters in, results out, cached builds, failures raise."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,12 @@ def test_only_the_top_module_is_visible():
     dat = (build(Counter(), name="toy_counter", build_dir=BUILD).path / "Vtop__verFiles.dat").read_text()
     command = next(line for line in dat.splitlines() if line.startswith("C "))
     assert "--public-depth 1" in command and "--public-flat-rw" not in command
+
+
+def test_jobs_sets_the_compile_jobs(tmp_path, caplog):
+    """``jobs`` is make's -j for the Verilator model (the build's RTL check compiles with one job beside
+    Yosys); by default cocotb asks for one per core."""
+    with caplog.at_level(logging.INFO):
+        build(Counter(), name="toy_counter", build_dir=tmp_path, jobs=1)
+    makes = [r.getMessage() for r in caplog.records if "Running command make" in r.getMessage()]
+    assert len(makes) == 1 and " -j 1 " in makes[0]

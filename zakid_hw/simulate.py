@@ -58,8 +58,10 @@ def signed_codes(raw, dtype: str) -> np.ndarray:
     return np.where(raw > 127, raw - 256, raw) if dtype == "int8" else raw
 
 
-def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False) -> tuple[np.ndarray, list[int]]:
-    """Run input code rows through the RTL; returns output code rows and cycles per row."""
+def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False,
+                   jobs: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """Run input code rows through the RTL; returns output code rows and cycles per row. ``jobs``: compiler
+    processes for the Verilator model, if it needs building (default: one per core)."""
     rows = [[int(c) for c in r] for r in codes]
     spram = compiled.config.weights_in_spram
     sources = sim_sources(compiled.config)
@@ -75,7 +77,7 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False)
                 params["flash"] = {"image": image.hex(),
                                    "load_cycles": load_cycles(**weight_loader_params(config, compiled.image))}
             res = simulate(dut, name="zakid_system", test_module="host_link_bench", test_dir=BENCHES,
-                           build_dir=cache_dir(), parameters=params, extra_sources=sources)
+                           build_dir=cache_dir(), parameters=params, extra_sources=sources, jobs=jobs)
             if res["info"]["signature"] != compiled.signature:
                 raise ZakidError("the simulated design reported a different model signature")
             out = np.array([r["codes"] for r in res["runs"]], np.int64).reshape(len(rows), -1)
@@ -85,7 +87,7 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False)
         if spram:
             params["weights"] = weight_word_values(compiled.image)
         res = simulate(dut, name="zakid_core", test_module="core_bench", test_dir=BENCHES,
-                       build_dir=cache_dir(), parameters=params, extra_sources=sources)
+                       build_dir=cache_dir(), parameters=params, extra_sources=sources, jobs=jobs)
     except SimulationError as e:
         raise ZakidError(f"RTL simulation failed: {e}") from None
     out = signed_codes(np.array(res["outputs"], np.int64).reshape(len(rows), -1), compiled.out_dtype)

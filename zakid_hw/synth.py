@@ -279,7 +279,7 @@ def first_met(results) -> SynthResult | None:
 
 def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), workers: int = 1,
                      name: str = "top", require_timing: bool = False, stop_when_met: bool = False,
-                     synth_opts: tuple[str, ...] = (), nextpnr_opts: tuple[str, ...] = (),
+                     later_after: threading.Event | None = None, synth_opts: tuple[str, ...] = (), nextpnr_opts: tuple[str, ...] = (),
                      timeout: float | None = None) -> list[SynthResult | None]:
     """:func:`build_bitstream` for several nextpnr seeds: one synthesis, then a place and route of that
     netlist per seed, ``workers`` of them at a time (nextpnr is single-threaded). Returns one
@@ -288,7 +288,8 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
     With ``stop_when_met``, a run that meets the clock stops every run of a seed later in ``seeds`` (killed
     if running, never started if waiting); their entries are None and their folders are removed. Runs of earlier seeds go on, so
     :func:`first_met` of the results is the same seed whichever run ends first: the build stays
-    reproducible and takes no longer than running them all.
+    reproducible and takes no longer than running them all. With ``later_after``, the runs of every seed but
+    the first wait for that event (the first gets a core while something else still runs beside it).
 
     Synthesis (Yosys is deterministic: the same netlist for every seed) writes into ``out_dir``; with one
     seed the place and route does too, with several each goes to :func:`seed_dir`.
@@ -366,7 +367,7 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
         return _result(name, board, out_dir, run_dir, report_name, logs, f_target, seconds, seed)
 
     results = run_seeds(lambda i, stop: place_and_route(seeds[i], run_dirs[i], stop), len(seeds), workers,
-                        stop_when_met)
+                        stop_when_met, later_after)
     for result, run_dir in zip(results, run_dirs):
         if result is None:  # a stopped run leaves no half-written folder (it has one of its own: several seeds)
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -381,14 +382,17 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
     return results
 
 
-def run_seeds(run, n: int, workers: int, stop_when_met: bool) -> list:
+def run_seeds(run, n: int, workers: int, stop_when_met: bool, later_after: threading.Event | None = None) -> list:
     """``run(i, stop)`` for i in range(n), ``workers`` at a time; returns their results in order. With
     ``stop_when_met`` a result that meets its clock sets the ``stop`` event (a :class:`threading.Event`) of
     every later ``i``: a run whose event is set before it starts, or that raises :class:`_Stopped`, gives None.
+    Every ``i`` but 0 starts once ``later_after`` (if given) is set.
     """
     stops = [threading.Event() for _ in range(n)]
 
     def one(i):
+        if i and later_after is not None:
+            later_after.wait()
         if stops[i].is_set():
             return None
         try:
