@@ -57,7 +57,7 @@ def seed_list(seed, seeds: int) -> list:
 #: at a lower clock, when the cores allow (see pnr_workers): one run's Fmax varies by several MHz with the
 #: seed (the digits MLP at 45 MHz: 44.6 MHz with nextpnr's default, 46.4, 44.2, 47.1, 47.1 with seeds 1-4).
 #: The first seed that meets the clock is kept, and runs of later seeds stop when it does
-#: (synth.build_bitstreams' stop_when_met), so the build is reproducible and no slower than one run of it
+#: (synth.build_bitstreams' stop_when_met): the same seed whichever run ends first, so builds are reproducible
 AUTO_RUNS = 2
 
 
