@@ -90,7 +90,9 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
     name = Path(c.model_path).stem
     tried = []  # (seed, Fmax) of every place-and-route run
 
-    def place_and_route(c, runs, first_that_meets, later_after=None):
+    first_that_meets = seeds <= 1
+
+    def place_and_route(c, runs, later_after=None):
         # one synthesis, then nextpnr once per seed: side by side, as many at a time as there are cores.
         # Seeds asked for (--seeds): the highest Fmax is kept. Automatic ones: the first that meets the clock.
         top = BoardTop(c.board, c.config.clock_mhz, lambda: AcceleratorSystem(c.config, c.image, c.signature))
@@ -120,7 +122,7 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
         auto = seed is None and seeds <= 1 and c.clock_auto
         first = pnr_workers(AUTO_RUNS) if auto else seeds
         checked = threading.Event()
-        first_run = pool.submit(place_and_route, c, seed_list(seed, first), auto, checked)
+        first_run = pool.submit(place_and_route, c, seed_list(seed, first), checked)
         try:
             cycles = _rtl_check(c, log)
         finally:
@@ -133,7 +135,7 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
         # above 97 % of it), with at least as many seeds side by side as there are cores (no longer than one run)
         c = c.with_clock(synth.fmax_mhz * 0.97, at_most=True)
         log(f"      Fmax {synth.fmax_mhz:.2f} MHz is below the clock: rebuilding at {c.config.clock_mhz:g} MHz")
-        synth = place_and_route(c, seed_list(seed, max(seeds, pnr_workers(AUTO_RUNS))), seeds <= 1)
+        synth = place_and_route(c, seed_list(seed, max(seeds, pnr_workers(AUTO_RUNS))))
     if not synth.timing_met:
         fmax = "unknown" if synth.fmax_mhz is None else f"{synth.fmax_mhz:.2f} MHz"
         raise ZakidError(f"The design does not meet timing on {c.board.name}: the sync clock runs at "

@@ -279,17 +279,18 @@ def first_met(results) -> SynthResult | None:
 
 def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), workers: int = 1,
                      name: str = "top", require_timing: bool = False, stop_when_met: bool = False,
-                     later_after: threading.Event | None = None, synth_opts: tuple[str, ...] = (), nextpnr_opts: tuple[str, ...] = (),
+                     later_after: threading.Event | None = None,
+                     synth_opts: tuple[str, ...] = (), nextpnr_opts: tuple[str, ...] = (),
                      timeout: float | None = None) -> list[SynthResult | None]:
     """:func:`build_bitstream` for several nextpnr seeds: one synthesis, then a place and route of that
     netlist per seed, ``workers`` of them at a time (nextpnr is single-threaded). Returns one
     :class:`SynthResult` per seed, in the order of ``seeds``.
 
     With ``stop_when_met``, a run that meets the clock stops every run of a seed later in ``seeds`` (killed
-    if running, never started if waiting); their entries are None and their folders are removed. Runs of earlier seeds go on, so
-    :func:`first_met` of the results is the same seed whichever run ends first: the build stays
-    reproducible and takes no longer than running them all. With ``later_after``, the runs of every seed but
-    the first wait for that event (the first gets a core while something else still runs beside it).
+    if running, never started if waiting); their entries are None and their folders are removed. Runs of
+    earlier seeds go on, so :func:`first_met` of the results is the same seed whichever run ends first: the
+    build stays reproducible. With ``later_after``, the runs of every seed but the first wait for that event
+    (the first gets a core while something else still runs beside it).
 
     Synthesis (Yosys is deterministic: the same netlist for every seed) writes into ``out_dir``; with one
     seed the place and route does too, with several each goes to :func:`seed_dir`.
