@@ -43,7 +43,8 @@ class Accelerator(wiring.Component):
         out_addr: in, addr_width: byte index within the output storage to read (while not busy).
         out_data: out, 8: the code at ``out_addr``, two cycles after the address (the read data is
                   registered: block RAM spread over many blocks reaches it through a multiplexer tree).
-        cycles:   out, 32: cycles from ``start`` to ``done`` of the last inference.
+        cycles:   out, 32: cycles from ``start`` to ``done`` of the last inference, from ``done`` until the
+                  next ``start`` (while an inference runs: its cycles so far).
 
     With ``config.weights_in_spram`` the weights live in SPRAM, which the bitstream cannot initialise;
     three more ports then fill it (before the first ``start``):
@@ -143,7 +144,12 @@ class Accelerator(wiring.Component):
                      s0["n"].eq(ctrl.group_n), s0["inb"].eq(ctrl.rd_valid), s0["rd"].eq(ctrl.rd_addr),
                      s0["w"].eq(ctrl.w_addr), s0["pb"].eq(ctrl.pair_b), s0["hold"].eq(ctrl.hold), s0["rdb"].eq(ctrl.rd_b)]
         if self.config.weights_in_spram:
-            m.d.comb += spram.raddr.eq(s0["w"])
+            # SPRAM is read a cycle later, so its data reaches the multipliers in the cycle block RAM's
+            # registered data does, straight from the blocks (a register of the address instead of the
+            # word; the blocks feed the lanes through at most a two-row multiplexer)
+            w_s1 = Signal.like(s0["w"], name="s1_w")
+            m.d.sync += w_s1.eq(s0["w"])
+            m.d.comb += spram.raddr.eq(w_s1)
         else:
             m.d.comb += w_rd.addr.eq(s0["w"])
         m.d.comb += [ctrl.start.eq(self.start),
@@ -170,7 +176,10 @@ class Accelerator(wiring.Component):
         m.d.sync += [s2[k].eq(s1[k]) for k in s2]
         word_q = Signal.like(a_rd.data)  # bank A's input word (in a pair layer: held from the word's first step)
         w_q = Signal(w_layout)
-        m.d.sync += w_q.eq(w_rd if self.config.weights_in_spram else w_rd.data)
+        if self.config.weights_in_spram:
+            m.d.comb += w_q.eq(w_rd)
+        else:
+            m.d.sync += w_q.eq(w_rd.data)
         with m.If(~s1["hold"]):
             m.d.sync += word_q.eq(a_rd.data)
         lay = s2["layer"]
@@ -226,18 +235,21 @@ class Accelerator(wiring.Component):
         lane_done = ~raw | (d_byte == raw_bytes[d_layer] - 1)
         if paired:
             # bank B's sums are final a cycle after bank A's; the drain hands them out after A's (pair
-            # layers are requantized: one cycle per lane) from a register that is only loaded, never shifted
+            # layers are requantized: one cycle per lane), shifting them like A's (a shift register packs
+            # each bit's multiplexer and flip-flop into one logic cell)
             drain_b, fin_d = Signal(acc_layout), Signal()
-            b_pend, in_b, b_idx = Signal(), Signal(), Signal(range(L))
+            b_pend, in_b = Signal(), Signal()
             b_addr, b_ch, b_n = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count)
             m.d.sync += fin_d.eq(fin["last"])
             with m.If(fin_d):
                 m.d.sync += drain_b.eq(macs_b.acc)
+            with m.Elif(in_b & (d_count != 0) & lane_done & ~fin["last"]):
+                m.d.sync += drain_b.eq(Cat(drain_b.as_value()[img.acc_width:], C(0, img.acc_width)))
         with m.If(fin["last"]):
             m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
                          d_layer.eq(fin["layer"]), d_byte.eq(0)]
             if paired:
-                m.d.sync += [in_b.eq(0), b_idx.eq(0), b_pend.eq(fin["pb"]), b_ch.eq(fin["ch"]), b_n.eq(fin["n"]),
+                m.d.sync += [in_b.eq(0), b_pend.eq(fin["pb"]), b_ch.eq(fin["ch"]), b_n.eq(fin["n"]),
                              b_addr.eq(fin["base"] + pair_out[fin["layer"]])]
         with m.Elif(d_count != 0):
             m.d.sync += d_addr.eq(d_addr + 1)
@@ -247,11 +259,9 @@ class Accelerator(wiring.Component):
                 if paired:
                     with m.If((d_count == 1) & b_pend):  # A's last: B's first next
                         m.d.sync += [d_count.eq(b_n), d_addr.eq(b_addr), d_ch.eq(b_ch), in_b.eq(1), b_pend.eq(0)]
-                    with m.Elif(in_b):
-                        m.d.sync += b_idx.eq(b_idx + 1)
             with m.Else():
                 m.d.sync += d_byte.eq(d_byte + 1)
-        d_out = Mux(in_b, drain_b[b_idx], drain[0]) if paired else drain[0]  # the sum handed to the bias stage
+        d_out = Mux(in_b, drain_b[0], drain[0]) if paired else drain[0]  # the sum handed to the bias stage
         # --- bias: the drained sum plus its output channel's bias ---------------------------------------
         p_acc, p_tag = Signal.like(drain[0]), Signal.like(d_addr)
         p_ch, p_layer, p_byte, p_raw = Signal.like(d_ch), Signal.like(d_layer), Signal.like(d_byte), Signal()
@@ -281,11 +291,9 @@ class Accelerator(wiring.Component):
                      a_wr.en.eq(Mux(wr_en, C(1, L) << (wr_byte[:lg] if lg else C(0, 1)), 0))]
 
         # --- cycle counter -----------------------------------------------------------------------------
-        count = Signal(32)
+        # counts from ``start`` while busy and holds from ``done`` (busy falls with it) to the next ``start``
         with m.If(self.start):
-            m.d.sync += count.eq(1)
+            m.d.sync += self.cycles.eq(1)
         with m.Elif(ctrl.busy):
-            m.d.sync += count.eq(count + 1)
-        with m.If(ctrl.done):
-            m.d.sync += self.cycles.eq(count)
+            m.d.sync += self.cycles.eq(self.cycles + 1)
         return m
