@@ -87,24 +87,28 @@ class Controller(wiring.Component):
         aw, cw = self.addr_width, self.coord_width
         n_layers = len(d)
 
+        # Only the FSM, busy, done, layer and w_addr are reset: every other register is loaded in IDLE, which
+        # the FSM is in from reset (reset_less: no reset term in their clock-enable logic, whose chains
+        # were the longest paths of the smaller designs)
         # the running layer's descriptor, latched from a constant table
         # loop bounds are kept as "last index" (count - 1) so that the end tests are plain equalities
         minus = {f: int(f in LOOP_COUNTS) for f in FIELDS}
         table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in FIELDS}
-        cfg = {f: Signal(signed(aw), name=f"cfg_{f}") for f in FIELDS}
+        cfg = {f: Signal(signed(aw), name=f"cfg_{f}", reset_less=True) for f in FIELDS}
         # per layer: cycles a group waits after a full group and after a pixel's last group (n - k, or 0)
         def waits(n_of):
             return Array(C(max(0, x.drain_cycles(n_of(x)) - x.k), bits_for(L * 8)) for x in d)
         wait_full, wait_last = waits(lambda x: L), waits(lambda x: x.n_last)
-        cfg_wait_full, cfg_wait_last = Signal.like(wait_full[0]), Signal.like(wait_last[0])
+        cfg_wait_full = Signal.like(wait_full[0], reset_less=True)
+        cfg_wait_last = Signal.like(wait_last[0], reset_less=True)
 
         # Loop state. Each loop level has a down-counter of the steps left and a registered flag that says
         # the level is at its last index: the flags are computed a cycle ahead (from the counter, or from
         # the layer table when the level restarts), so the issue logic below only looks at registers.
         zero = {n: Array(C(int(getattr(x, n) == 1), 1) for x in d) for n in LOOP_COUNTS}
-        cfg_zero = {n: Signal(name=f"cfg_{n}_zero") for n in LOOP_COUNTS}
-        rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}") for n in LOOP_COUNTS}
-        end = {n: Signal(name=f"end_{n}") for n in LOOP_COUNTS}
+        cfg_zero = {n: Signal(name=f"cfg_{n}_zero", reset_less=True) for n in LOOP_COUNTS}
+        rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}", reset_less=True) for n in LOOP_COUNTS}
+        end = {n: Signal(name=f"end_{n}", reset_less=True) for n in LOOP_COUNTS}
         first_cfg = {f: table[f][0] for f in FIELDS}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
         # cycles from each layer's last step to the next layer's first (to done for the last layer)
@@ -130,16 +134,16 @@ class Controller(wiring.Component):
         def restart_ci():  # the input channel loop from its first step
             return [ci.eq(0), ci_rd.eq(0), *restart("ci")]
 
-        ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1))
+        ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1), reset_less=True)
         # the byte of the step's read within the pixel: ci, plus pair_in for B's
-        ci_rd = Signal(bits_for(max(x.ci + x.pair_in for x in d)))
+        ci_rd = Signal(bits_for(max(x.ci + x.pair_in for x in d)), reset_less=True)
         lg = (L - 1).bit_length()
         word_pos = ci[:lg] if lg else C(0, 1)  # the step's byte within its input word
-        a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n) for n in ("a_line", "a_px", "a_ky", "a_kx"))
-        iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
-        goff = Signal(self.ch_width)
-        o_pix, ooff = Signal(self.out_width), Signal(self.out_width)  # sums modulo the address range
-        first = Signal()  # the next step starts a group
+        a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n, reset_less=True) for n in ("a_line", "a_px", "a_ky", "a_kx"))
+        iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n, reset_less=True) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
+        goff = Signal(self.ch_width, reset_less=True)
+        o_pix, ooff = Signal(self.out_width, reset_less=True), Signal(self.out_width, reset_less=True)  # sums modulo the address range
+        first = Signal(reset_less=True)  # the next step starts a group
 
         inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
         group_end = end["k"]
@@ -164,12 +168,12 @@ class Controller(wiring.Component):
                     iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
                     goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"])]
 
-        wait = Signal(bits_for(max(x.tail for x in d)))
-        wait_end = Signal()
+        wait = Signal(bits_for(max(x.tail for x in d)), reset_less=True)
+        wait_end = Signal(reset_less=True)
 
         # GROUP: cycles left until the drain is free in time for the waiting group (see the class docstring)
-        gwait = Signal.like(cfg_wait_full)
-        gwait_end = Signal()
+        gwait = Signal.like(cfg_wait_full, reset_less=True)
+        gwait_end = Signal(reset_less=True)
         m.d.sync += count_down(gwait, gwait_end)
 
         with m.FSM():
