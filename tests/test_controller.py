@@ -1,0 +1,65 @@
+"""The controller alone in Amaranth's simulator. Its loop and descriptor registers have no reset (the idle
+state loads them), so its step sequence must be the same for a start in the first idle cycle after an
+inference and for a start right after a reset that cut an inference short."""
+
+import numpy as np
+import pytest
+from amaranth.hdl import ResetInserter, Signal
+from amaranth.sim import Simulator
+
+import irzoo
+from rtl_gen.controller import Controller
+from zakid_hw import passes, schedule
+
+#: what the controller tells the rest of the accelerator every cycle
+PORTS = ("busy", "issue", "first", "last", "layer", "rd_addr", "rd_valid", "w_addr", "o_addr", "ch_base",
+         "group_n", "pair_b", "hold", "rd_b")
+
+
+def run(make, lanes, pixels):
+    g = passes.lower_for_hardware(make(np.random.default_rng(3), "int8"))
+    image = schedule.memory_image(schedule.make_program(g, lanes, pixels), lanes, "tables")
+    ctrl = Controller(descriptors=image.layers, lanes=lanes, w_depth=len(image.weight_words),
+                      act_bytes=image.act_bytes)
+    rst = Signal()
+    traces = []
+
+    async def bench(ctx):
+        async def inference(cut_after=None):
+            """Pulse start now; the ports of every cycle until done (or until ``cut_after`` cycles)."""
+            trace = []
+            ctx.set(ctrl.start, 1)
+            await ctx.tick()
+            ctx.set(ctrl.start, 0)
+            while not ctx.get(ctrl.done):
+                trace.append(tuple(ctx.get(getattr(ctrl, p)) for p in PORTS))
+                if len(trace) == cut_after:
+                    return trace
+                await ctx.tick()
+            return trace
+
+        for _ in range(3):  # out of reset: idle
+            await ctx.tick()
+        traces.append(await inference())
+        traces.append(await inference())  # started in the cycle done is seen: the first idle cycle
+        cut = await inference(cut_after=len(traces[0]) // 2)
+        assert len(cut) == len(traces[0]) // 2
+        ctx.set(rst, 1)  # reset in the middle of the inference
+        await ctx.tick()
+        ctx.set(rst, 0)
+        assert not ctx.get(ctrl.busy)
+        traces.append(await inference())  # started in the first cycle after the reset
+
+    sim = Simulator(ResetInserter(rst)(ctrl))
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return image, traces
+
+
+@pytest.mark.parametrize("make,lanes,pixels", [(irzoo.cnn_a, 4, 1), (irzoo.cnn_pw, 4, 2)])
+def test_same_steps_after_an_inference_and_after_a_reset(make, lanes, pixels):
+    image, (first, again, after_reset) = run(make, lanes, pixels)
+    assert sum(t[1] for t in first) == sum(d.k * d.groups * d.ow * d.oh for d in image.layers)  # every step
+    assert again == first
+    assert after_reset == first
