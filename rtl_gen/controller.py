@@ -107,7 +107,8 @@ class Controller(wiring.Component):
         # the layer table when the level restarts), so the issue logic below only looks at registers.
         zero = {n: Array(C(int(getattr(x, n) == 1), 1) for x in d) for n in LOOP_COUNTS}
         cfg_zero = {n: Signal(name=f"cfg_{n}_zero", reset_less=True) for n in LOOP_COUNTS}
-        rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}", reset_less=True) for n in LOOP_COUNTS}
+        rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}", reset_less=True)
+               for n in LOOP_COUNTS}
         end = {n: Signal(name=f"end_{n}", reset_less=True) for n in LOOP_COUNTS}
         first_cfg = {f: table[f][0] for f in FIELDS}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
@@ -139,10 +140,13 @@ class Controller(wiring.Component):
         ci_rd = Signal(bits_for(max(x.ci + x.pair_in for x in d)), reset_less=True)
         lg = (L - 1).bit_length()
         word_pos = ci[:lg] if lg else C(0, 1)  # the step's byte within its input word
-        a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n, reset_less=True) for n in ("a_line", "a_px", "a_ky", "a_kx"))
-        iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n, reset_less=True) for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
+        a_line, a_px, a_ky, a_kx = (Signal(signed(aw), name=n, reset_less=True)
+                                    for n in ("a_line", "a_px", "a_ky", "a_kx"))
+        iy_px, ix_px, iy_k, ix_k = (Signal(signed(cw), name=n, reset_less=True)
+                                    for n in ("iy_px", "ix_px", "iy_k", "ix_k"))
         goff = Signal(self.ch_width, reset_less=True)
-        o_pix, ooff = Signal(self.out_width, reset_less=True), Signal(self.out_width, reset_less=True)  # sums modulo the address range
+        # sums modulo the address range
+        o_pix, ooff = Signal(self.out_width, reset_less=True), Signal(self.out_width, reset_less=True)
         first = Signal(reset_less=True)  # the next step starts a group
 
         inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
