@@ -57,9 +57,10 @@ class Accelerator(wiring.Component):
     its own byte range (the compiler's allocation), so residual inputs stay alive and layers never read
     what they write.
 
-    With ``config.pixels == 2`` a second MAC array (bank B) runs one cycle behind the first (bank A) on
-    the same weights: in a pair layer (:func:`zakid_hw.schedule.pairable`) bank A works on output pixel
-    2p and bank B on pixel 2p + 1. Each input word is read twice per ``lanes`` steps, A's at the word's
+    With ``config.pixels == 2`` a second MAC array (bank B) works beside the first (bank A) on the same
+    weights, its activations a cycle behind (they skip its DSP blocks' input register, so both banks' sums
+    are final in the same cycle): in a pair layer (:func:`zakid_hw.schedule.pairable`) bank A works on
+    output pixel 2p and bank B on pixel 2p + 1. Each input word is read twice per ``lanes`` steps, A's at the word's
     first step and B's at its second, and held in a register per bank while its bytes are used; the
     drain writes A's outputs, then B's.
     """
@@ -111,7 +112,7 @@ class Accelerator(wiring.Component):
         paired = self.config.pixels == 2
         if paired:  # bank B: pointwise layers only, so it neither pads nor takes maxima
             m.submodules.macs_b = macs_b = MacArray(lanes=L, dsp_lanes=L, w_width=img.w_width, acc_width=img.acc_width,
-                                                    dsp_pack=2, max_pool=False)
+                                                    dsp_pack=2, max_pool=False, x_late=True)
         aw = ctrl.addr_width
         if img.requantizer == "affine":
             rq = AffineRequantizer(width=img.acc_width, tables=img.affine, tag_width=ctrl.out_width)
@@ -200,18 +201,18 @@ class Accelerator(wiring.Component):
         m.d.comb += [macs.w.eq(w_q), macs.valid.eq(s2["valid"]),
                      macs.first.eq(s2["first"]), macs.is_max.eq(is_max[lay])]
         if paired:
-            # bank B: pixel B's word (read at the word's second step), its bytes a cycle behind bank A's
+            # bank B: pixel B's word (read at the word's second step), its bytes a cycle behind bank A's.
+            # Its blocks take the weights with bank A's and the bytes a cycle later without an input
+            # register (x_late), so both banks' sums are final in the same cycle.
             word_b = Signal.like(a_rd.data)
             with m.If(s1["rdb"]):
                 m.d.sync += word_b.eq(a_rd.data)
-            s3 = dict(sel=Signal.like(sel), valid=Signal(), first=Signal(), layer=Signal.like(lay))
-            w_b = Signal(w_layout)
-            m.d.sync += [s3["sel"].eq(s2["sel"]), s3["valid"].eq(s2["valid"]), s3["first"].eq(s2["first"]),
-                         s3["layer"].eq(lay), w_b.eq(w_q)]
+            s3 = dict(sel=Signal.like(sel), layer=Signal.like(lay))
+            m.d.sync += [s3["sel"].eq(s2["sel"]), s3["layer"].eq(lay)]
             b_bytes = Array(word_b[8 * i: 8 * i + 8] for i in range(L))
             x_b = Mux(in_signed[s3["layer"]], b_bytes[s3["sel"]], b_bytes[s3["sel"]] ^ 0x80).as_signed()
-            m.d.comb += [*(macs_b.x[lane].eq(x_b) for lane in range(L)), macs_b.w.eq(w_b),
-                         macs_b.valid.eq(s3["valid"]), macs_b.first.eq(s3["first"]), macs_b.is_max.eq(0)]
+            m.d.comb += [*(macs_b.x[lane].eq(x_b) for lane in range(L)), macs_b.w.eq(w_q),
+                         macs_b.valid.eq(s2["valid"]), macs_b.first.eq(s2["first"]), macs_b.is_max.eq(0)]
 
         # the group's sums are final three cycles after its last step entered the MAC array
         delay = [{k: s2[k] for k in ("last", "n", "base", "ch", "layer", "pb")}]
@@ -233,30 +234,31 @@ class Accelerator(wiring.Component):
         d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
         raw = raw_bytes[d_layer] != 0
         lane_done = ~raw | (d_byte == raw_bytes[d_layer] - 1)
+
+        def shifted(sums):
+            """The drain after a lane leaves it: the next lane's sum at the bottom (a shift register packs
+            each bit's multiplexer and flip-flop into one logic cell)."""
+            return Cat(sums.as_value()[img.acc_width:], C(0, img.acc_width))
+
         if paired:
-            # bank B's sums are final a cycle after bank A's; the drain hands them out after A's (pair
-            # layers are requantized: one cycle per lane), shifting them like A's (a shift register packs
-            # each bit's multiplexer and flip-flop into one logic cell)
-            drain_b, fin_d = Signal(acc_layout), Signal()
+            # bank B's sums are final with bank A's; the drain hands them out after A's (pair layers are
+            # requantized: one cycle per lane)
+            drain_b = Signal(acc_layout)
             b_pend, in_b = Signal(), Signal()
             b_addr, b_ch, b_n = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count)
-            m.d.sync += fin_d.eq(fin["last"])
-            with m.If(fin_d):
-                m.d.sync += drain_b.eq(macs_b.acc)
-            with m.Elif(in_b & (d_count != 0) & lane_done & ~fin["last"]):
-                m.d.sync += drain_b.eq(Cat(drain_b.as_value()[img.acc_width:], C(0, img.acc_width)))
         with m.If(fin["last"]):
             m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
                          d_layer.eq(fin["layer"]), d_byte.eq(0)]
             if paired:
-                m.d.sync += [in_b.eq(0), b_pend.eq(fin["pb"]), b_ch.eq(fin["ch"]), b_n.eq(fin["n"]),
-                             b_addr.eq(fin["base"] + pair_out[fin["layer"]])]
+                m.d.sync += [drain_b.eq(macs_b.acc), in_b.eq(0), b_pend.eq(fin["pb"]), b_ch.eq(fin["ch"]),
+                             b_n.eq(fin["n"]), b_addr.eq(fin["base"] + pair_out[fin["layer"]])]
         with m.Elif(d_count != 0):
             m.d.sync += d_addr.eq(d_addr + 1)
             with m.If(lane_done):
-                m.d.sync += [drain.eq(Cat(drain.as_value()[img.acc_width:], C(0, img.acc_width))),
-                             d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
+                m.d.sync += [drain.eq(shifted(drain)), d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
                 if paired:
+                    with m.If(in_b):
+                        m.d.sync += drain_b.eq(shifted(drain_b))
                     with m.If((d_count == 1) & b_pend):  # A's last: B's first next
                         m.d.sync += [d_count.eq(b_n), d_addr.eq(b_addr), d_ch.eq(b_ch), in_b.eq(1), b_pend.eq(0)]
             with m.Else():

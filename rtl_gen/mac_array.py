@@ -21,7 +21,8 @@ class MacArray(wiring.Component):
     (the bias is added later, one output at a time, in the accelerator's drain).
 
     Ports:
-        x:      in, one signed(8) activation per lane (the same code in every lane for a broadcast layer).
+        x:      in, one signed(8) activation per lane (the same code in every lane for a broadcast layer);
+                with ``x_late``, one cycle after the ``w``, ``valid``, ``first`` it goes with.
         w:      in, one signed(w_width) weight per lane.
         valid:  in, 1: take the product of ``x`` and ``w`` this cycle.
         first:  in, 1: this product starts a new sum (the accumulator restarts from zero).
@@ -34,15 +35,19 @@ class MacArray(wiring.Component):
     (Yosys maps it to one SB_MAC16 on iCE40 UP5K), with ``dsp_pack=2`` two lanes per SB_MAC16 in its
     two-8x8 mode (:class:`rtl_gen.dsp.DualMul8`, weights of at most 8 bits). The other lanes use
     :func:`shift_add_product`. With ``max_pool=False`` the lanes only sum (``is_max`` is ignored) and keep no
-    running maximum.
+    running maximum. With ``x_late`` (every lane in a DSP block, two per block) the activations arrive a
+    cycle after their weights and go into the multipliers without the blocks' input register, so the
+    products are summed in the same cycles as without it.
     """
 
-    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width, dsp_pack=1, max_pool=True):
+    def __init__(self, *, lanes, dsp_lanes, w_width, acc_width, dsp_pack=1, max_pool=True, x_late=False):
         if dsp_pack not in (1, 2) or (dsp_pack == 2 and (w_width > 8 or dsp_lanes % 2)):
             raise ValueError(f"dsp_pack={dsp_pack} needs 1, or 2 with weights of at most 8 bits and an even "
                              f"number of DSP lanes (w_width={w_width}, dsp_lanes={dsp_lanes})")
+        if x_late and (dsp_pack != 2 or dsp_lanes != lanes):
+            raise ValueError("x_late needs every lane in a DSP block, two per block")
         self.lanes, self.dsp_lanes, self.w_width, self.acc_width = lanes, dsp_lanes, w_width, acc_width
-        self.dsp_pack, self.max_pool = dsp_pack, max_pool
+        self.dsp_pack, self.max_pool, self.x_late = dsp_pack, max_pool, x_late
         super().__init__({
             "x": In(data.ArrayLayout(signed(X_WIDTH), lanes)),
             "w": In(data.ArrayLayout(signed(w_width), lanes)),
@@ -70,7 +75,7 @@ class MacArray(wiring.Component):
             # input and product registers inside the DSP block: the same two cycles as below
             for pair in range(self.dsp_lanes // 2):
                 lo, hi = 2 * pair, 2 * pair + 1
-                m.submodules[f"dsp{pair}"] = dsp = DualMul8()
+                m.submodules[f"dsp{pair}"] = dsp = DualMul8(a_reg=not self.x_late)
                 m.d.comb += [dsp.a0.eq(self.x[lo]), dsp.a1.eq(self.x[hi]), dsp.b0.eq(self.w[lo]),
                              dsp.b1.eq(self.w[hi]), prods[lo].eq(dsp.p0), prods[hi].eq(dsp.p1)]
         for lane in range(self.lanes):
