@@ -18,10 +18,11 @@ pytestmark = pytest.mark.skipif(not (TFC / "TFC_2W2A.onnx").exists(), reason="ne
 def test_tfc_w2a2_in_rtl_equals_golden():
     c = compile_model(TFC / "TFC_2W2A.onnx")
     assert c.image.w_width == 2 and c.image.out_bits == 2  # 2-bit weights, 2-bit activations
-    # 2-bit products are a couple of adds: logic-cell lanes, no DSP block; 32 of them would need more than
-    # 90% of the logic cells (a real build used 5090 of 5280), so the exploration takes 16
-    assert (c.config.lanes, c.config.dsp_lanes) == (16, 0)
-    assert c.config.weights_in_spram and c.memories["weights"]["spram"] == 2  # 32-bit words
+    # 2-bit products are a couple of adds: logic-cell lanes, no DSP block. The exploration takes 32 of them,
+    # predicted at 4737 of the 5280 logic cells, under its 90% budget (a real build: 4986 cells and 40.54 MHz
+    # at 40.5, bench/cost_calibration.json)
+    assert (c.config.lanes, c.config.dsp_lanes) == (32, 0)
+    assert c.config.weights_in_spram and c.memories["weights"]["spram"] == 4  # 64-bit words
     assert c.program.layers[-1].raw and c.program.host_post  # logits finished on the host
     x = np.load(TFC / "tfc_mnist_input.npy").astype(np.float32) / 255
     rng = np.random.default_rng(0)

@@ -15,6 +15,7 @@ import math
 
 from rtl_gen.accelerator import weight_word_values
 from rtl_gen.config import AccelConfig
+from rtl_gen.controller import FIELDS
 from rtl_gen.spram import spram_blocks
 
 from . import schedule
@@ -23,13 +24,14 @@ from . import schedule
 #: bench/cost_calibration.json and bench/models_results.json, each compiled again (the ones marked fixed
 #: are set by hand: too few builds vary them)
 LC = {
-    "base": 238.8,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
+    "base": 295.3,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
     "lane": 20.0,          # per MAC lane: centring and padding multiplexers, read and weight registers (fixed)
     "acc_bit": 2.675,      # per lane and accumulator bit: accumulator, max compare, drain register (fixed)
-    "lut_mult_bit": 21.53,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
-    "affine": 1420.0,      # the affine requantizer's arithmetic (DS-CNN and HX8K TFC builds)
-    "logic_rom_bit": 0.3485,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
-    "spram": 1196.0,       # the SPI flash loader and SPRAM glue
+    "lut_mult_bit": 20.38,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
+    "affine": 763.0,       # the affine requantizer's arithmetic (the DS-CNNs, some TFC and digits builds)
+    "logic_rom_bit": 0.284,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
+    "spram": 462.7,        # the SPI flash loader and SPRAM glue
+    "descriptor_bit": 12.32,  # per bit of the layer table that differs between layers (descriptor_bits)
 }
 #: SPRAM bits per cycle per block, and EBR bits per cycle per block (16-bit read ports)
 PORT_BITS = 16
@@ -112,6 +114,19 @@ def memory_plan(image: schedule.AccelImage, weights_in_spram: bool = False) -> d
     return plan
 
 
+def descriptor_bits(image) -> int:
+    """Bits of the controller's layer table (:data:`rtl_gen.controller.FIELDS`, each as wide as its largest
+    magnitude plus a sign) that are not the same in every layer: each one is logic that selects the
+    running layer's value and loop or address logic that Yosys cannot fold into a constant. A dense
+    model's table varies in a few fields, a CNN's in most."""
+    total = 0
+    for f in FIELDS:
+        values = [getattr(d, f) for d in image.layers]
+        width = max(abs(v) for v in values).bit_length() + 1
+        total += used_width([v & ((1 << width) - 1) for v in values], width)
+    return total
+
+
 def lc_terms(image, config: AccelConfig, plan: dict) -> dict:
     """How many of each part of :data:`LC` the design has."""
     return {
@@ -122,6 +137,7 @@ def lc_terms(image, config: AccelConfig, plan: dict) -> dict:
         "affine": int(image.requantizer == "affine"),
         "logic_rom_bit": sum(m["kept_bits"] for m in plan.values() if m["read_only"] and m["place"] == "logic"),
         "spram": int(config.weights_in_spram),
+        "descriptor_bit": descriptor_bits(image),
     }
 
 
