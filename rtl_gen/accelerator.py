@@ -137,13 +137,19 @@ class Accelerator(wiring.Component):
 
         # --- stage 0: the controller's step, registered (its address sums stay off the memory inputs) ---
         s0 = dict(valid=Signal(), first=Signal(), last=Signal(), layer=Signal.like(ctrl.layer),
-                  base=Signal.like(ctrl.o_addr), ch=Signal.like(ctrl.ch_base), n=Signal.like(ctrl.group_n),
-                  inb=Signal(), rd=Signal.like(ctrl.rd_addr), w=Signal.like(ctrl.w_addr), pb=Signal(), hold=Signal(),
-                  rdb=Signal())
+                  inb=Signal(), rd=Signal.like(ctrl.rd_addr), w=Signal.like(ctrl.w_addr), hold=Signal(), rdb=Signal())
         m.d.sync += [s0["valid"].eq(ctrl.issue), s0["first"].eq(ctrl.first), s0["last"].eq(ctrl.issue & ctrl.last),
-                     s0["layer"].eq(ctrl.layer), s0["base"].eq(ctrl.o_addr), s0["ch"].eq(ctrl.ch_base),
-                     s0["n"].eq(ctrl.group_n), s0["inb"].eq(ctrl.rd_valid), s0["rd"].eq(ctrl.rd_addr),
-                     s0["w"].eq(ctrl.w_addr), s0["pb"].eq(ctrl.pair_b), s0["hold"].eq(ctrl.hold), s0["rdb"].eq(ctrl.rd_b)]
+                     s0["layer"].eq(ctrl.layer), s0["inb"].eq(ctrl.rd_valid), s0["rd"].eq(ctrl.rd_addr),
+                     s0["w"].eq(ctrl.w_addr), s0["hold"].eq(ctrl.hold), s0["rdb"].eq(ctrl.rd_b)]
+        # what the drain needs of a group (output address, first channel, real lanes, layer, pixel B), loaded
+        # at its last step: the drain reads it when the sums arrive, before the next group's last step
+        # (schedule.GROUP_SPACING), so it need not travel down the pipeline with every step
+        grp = dict(base=Signal.like(ctrl.o_addr, name="g_base"), ch=Signal.like(ctrl.ch_base, name="g_ch"),
+                   n=Signal.like(ctrl.group_n, name="g_n"), layer=Signal.like(ctrl.layer, name="g_layer"),
+                   pb=Signal(name="g_pb"))
+        with m.If(ctrl.issue & ctrl.last):
+            m.d.sync += [grp["base"].eq(ctrl.o_addr), grp["ch"].eq(ctrl.ch_base), grp["n"].eq(ctrl.group_n),
+                         grp["layer"].eq(ctrl.layer), grp["pb"].eq(ctrl.pair_b)]
         if self.config.weights_in_spram:
             # SPRAM is read a cycle later, so its data reaches the multipliers in the cycle block RAM's
             # registered data does, straight from the blocks (a register of the address instead of the
@@ -215,13 +221,12 @@ class Accelerator(wiring.Component):
                          macs_b.valid.eq(s2["valid"]), macs_b.first.eq(s2["first"]), macs_b.is_max.eq(0)]
 
         # the group's sums are final three cycles after its last step entered the MAC array
-        delay = [{k: s2[k] for k in ("last", "n", "base", "ch", "layer", "pb")}]
+        last = s2["last"]
         for i in range(3):
-            prev = delay[-1]
-            nxt = {k: Signal.like(v, name=f"d{i}_{k}") for k, v in prev.items()}
-            m.d.sync += [nxt[k].eq(prev[k]) for k in prev]
-            delay.append(nxt)
-        fin = delay[-1]
+            nxt = Signal(name=f"d{i}_last")
+            m.d.sync += nxt.eq(last)
+            last = nxt
+        fin = dict(grp, last=last)
 
         # --- drain: the lanes' sums go one per cycle into the requantizer ----------------------------
         drain = Signal(acc_layout)

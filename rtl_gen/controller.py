@@ -5,6 +5,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from zakid_hw.schedule import group_turn
+
 #: descriptor fields the controller latches at the start of each layer (see
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
 FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "inc_ky", "inc_ox", "inc_oy",
@@ -48,9 +50,12 @@ class Controller(wiring.Component):
                   the B lanes take its bytes one cycle behind the A lanes).
 
     The drain takes a group's sums one lane (or one raw byte) per cycle, ``n`` cycles for ``n`` of them,
-    and may take the next group's sums in the cycle it hands on its last: so a group of ``k`` steps opens
-    right after the group before when ``k >= n`` of that group, and otherwise waits (state GROUP) until
-    ``n - k`` cycles have passed, opening the cycle after. After a layer's last step the controller loads the next layer's descriptor, sets up
+    and may take the next group's sums in the cycle it hands on its last; it reads the group's output
+    address and lane count from registers loaded at the group's last step, so two groups' last steps are
+    at least :data:`zakid_hw.schedule.GROUP_SPACING` cycles apart. So a group of ``k`` steps opens right
+    after the group before when ``k >= t``, ``t = max(n, GROUP_SPACING)`` of that group
+    (:func:`zakid_hw.schedule.group_turn`), and otherwise waits (state GROUP) until ``t - k`` cycles have
+    passed, opening the cycle after. After a layer's last step the controller loads the next layer's descriptor, sets up
     its counters and starts it the layer's ``tail`` cycles later (see :func:`zakid_hw.schedule.layer_tails`:
     when everything is written, or earlier for a dense layer that chains); after the last layer's tail
     it signals ``done``. The first layer's set-up is done while idle.
@@ -95,9 +100,10 @@ class Controller(wiring.Component):
         minus = {f: int(f in LOOP_COUNTS) for f in FIELDS}
         table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in FIELDS}
         cfg = {f: Signal(signed(aw), name=f"cfg_{f}", reset_less=True) for f in FIELDS}
-        # per layer: cycles a group waits after a full group and after a pixel's last group (n - k, or 0)
+        # per layer: cycles a group waits after a full group and after a pixel's last group (t - k, or 0)
         def waits(n_of):
-            return Array(C(max(0, x.drain_cycles(n_of(x)) - x.k), bits_for(L * 8)) for x in d)
+            return Array(C(max(0, group_turn(x.drain_cycles(n_of(x))) - x.k), bits_for(max(L * 8, group_turn(1))))
+                         for x in d)
         wait_full, wait_last = waits(lambda x: L), waits(lambda x: x.n_last)
         cfg_wait_full = Signal.like(wait_full[0], reset_less=True)
         cfg_wait_last = Signal.like(wait_last[0], reset_less=True)

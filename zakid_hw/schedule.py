@@ -808,6 +808,17 @@ PIPELINE_TO_DRAIN = 7
 REQUANT_EXTRA = 2
 #: cycles after the last raw byte leaves the drain until the layer ends (the bias stage)
 RAW_EXTRA = 1
+#: the fewest cycles from a group's last MAC step to the next group's (of any layer): the drain takes a
+#: group's output address, first channel, lane count and layer from registers the accelerator loads at
+#: the group's last step, and reads them PIPELINE_TO_DRAIN - 1 cycles later
+GROUP_SPACING = PIPELINE_TO_DRAIN - 1
+
+
+def group_turn(drain: int) -> int:
+    """The fewest cycles from a group's last MAC step to the next group's, for a group whose sums take
+    ``drain`` cycles to leave the drain (the next group's sums reach it when it is free) and at least
+    :data:`GROUP_SPACING`."""
+    return max(drain, GROUP_SPACING)
 
 
 #: the fewest cycles from a layer's last step to a chained layer's first (the controller loads the next
@@ -830,7 +841,7 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
 
     With ``may_chain`` (per layer, :func:`can_chain`'s answer) the gaps are worked out; without it the
     descriptors' ``chain_gap`` is used."""
-    prev = None  # (last step, drain cycles) of the group before, of whichever layer
+    prev = None  # (last step, group_turn) of the group before, of whichever layer
     t, cycles, gaps = 0, [], [0]
     for i, desc in enumerate(descs):
         origin = t
@@ -842,13 +853,13 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
                 lanes_g = desc.n_last if g == desc.groups - 1 else lanes
                 n = desc.drain_cycles(lanes_g, has_b)
                 if prev is not None:
-                    may = prev[0] + 1 + max(0, prev[1] - desc.k)  # its sums reach a free drain
+                    may = prev[0] + 1 + max(0, prev[1] - desc.k)  # its last step at least prev[1] after
                     if t < may:
                         if g == p == 0:
                             raise AssertionError(f"layer {i} starts before the drain is free")  # see chain_gaps
                         t = may + 1  # a group that waited opens the cycle after it may
                 last_step = t + desc.k - 1
-                prev = (last_step, n)
+                prev = (last_step, group_turn(n))
                 t = last_step + 1
                 o, w0 = desc.out_base + p * desc.out_pitch + g * desc.out_group_step, last_step + PIPELINE_TO_DRAIN + requant_latency
                 writes.append((o, w0))
@@ -899,10 +910,12 @@ def layer_cycles(image: AccelImage) -> list[int]:
     tests check the sum against RTL simulation.
 
     Each group (an output pixel's lane group) costs one cycle per MAC step. Its sums reach the drain
-    ``PIPELINE_TO_DRAIN`` cycles after its last step and leave it one lane (or raw byte) per cycle, so a
-    group of k steps after one of n lanes opens right after it only when k >= n; otherwise it may open
-    n - k cycles later and does so the cycle after (the group before may be the previous layer's); lane l's code is
-    written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after that step. After the last group the
+    ``PIPELINE_TO_DRAIN`` cycles after its last step and leave it one lane (or raw byte) per cycle, and
+    consecutive groups' last steps are at least ``GROUP_SPACING`` cycles apart, so a group of k steps after
+    one of n lanes opens right after it only when k >= t = max(n, GROUP_SPACING) (:func:`group_turn`);
+    otherwise it may open t - k cycles later and does so the cycle after (the group before may be the
+    previous layer's); lane l's code is written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after
+    that step. After the last group the
     next layer starts ``chain_gap`` cycles after the last step, or once the drain is empty and the
     requantizer has finished."""
     return _timeline(image.layers, image.lanes, image.requant_latency)[0]
