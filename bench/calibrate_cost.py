@@ -41,7 +41,7 @@ def configs():
         ("digits", dict(lanes=16, dsp_pack=1, requantizer="tables", weights="ebr")),
         ("digits", dict(lanes=4, dsp_pack=1, requantizer="affine", weights="ebr")),
         ("digits", dict(lanes=8, dsp_pack=1, requantizer="tables", weights="spram")),
-        ("tfc", dict(lanes=32)),
+        ("tfc", dict(lanes=32, requantizer="affine")),
         ("tfc", dict(lanes=32, requantizer="tables")),
         ("tfc", dict(lanes=16)),
         ("tfc", dict(lanes=8)),
