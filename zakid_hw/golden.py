@@ -187,12 +187,11 @@ def qsoftmax_exp_table(x_scale, d: int) -> np.ndarray:
 
 
 def qsoftmax(x, *, x_scale, x_zp, y_scale, y_zp, dtype, axis, opset):
-    """com.microsoft QLinearSoftmax bit for bit as onnxruntime 1.31 (CPU) computes it: per row, ``e = table[x -
+    """com.microsoft QLinearSoftmax bit for bit as onnxruntime 1.32 (CPU) computes it: per row, ``e = table[x -
     max]`` (:func:`qsoftmax_exp_table`; ``x_zp`` cancels out), ``s`` = float32 sum of ``e`` in row order,
-    ``y = saturate(rint(f32(f32(e * c) / s)) + y_zp)`` with ``c = floor(f32(1 / y_scale))``. A product ``e * c``
-    that overflows float32 (rows of 1 or 2 with a tiny y_scale) gives onnxruntime's integer conversion of
-    infinity: ``y_zp`` for uint8, and for int8 127 if ``y_zp < 0`` else -128. Rows run along ``axis``
-    (opset >= 13) or over all axes from ``axis`` on (opset < 13)."""
+    ``y = saturate(rint(e * c / s) + y_zp)`` in double, with ``c = floor(f32(1 / y_scale))``. (onnxruntime 1.31
+    formed ``f32(f32(e * c) / s)``, which overflows for rows of 1 or 2 codes with a tiny y_scale.) Rows run
+    along ``axis`` (opset >= 13) or over all axes from ``axis`` on (opset < 13)."""
     x = np.asarray(x, np.int64)
     lo, hi = dtype_range(dtype)
     ax = axis % x.ndim
@@ -202,13 +201,9 @@ def qsoftmax(x, *, x_scale, x_zp, y_scale, y_zp, dtype, axis, opset):
     total = np.zeros(len(rows), np.float32)
     for k in range(rows.shape[1]):
         total = (total + e[:, k]).astype(np.float32)
-    with np.errstate(over="ignore"):
-        q = np.rint((e * np.floor(np.float32(1) / np.float32(y_scale))).astype(np.float32) / total[:, None])
-    inf = ~np.isfinite(q)
-    r = np.where(inf, 0, q).astype(np.int64) + int(y_zp)
-    if lo < 0:
-        r = np.where(inf, hi if int(y_zp) < 0 else lo, r)
-    y = np.clip(r, lo, hi).reshape(moved.shape)
+    c = float(np.floor(np.float32(1) / np.float32(y_scale)))
+    q = np.rint(e.astype(np.float64) * c / total.astype(np.float64)[:, None])  # <= c: no overflow
+    y = np.clip(q.astype(np.int64) + int(y_zp), lo, hi).reshape(moved.shape)
     return y if opset < 13 else np.moveaxis(y, -1, ax)
 
 

@@ -35,7 +35,7 @@ Ops (``attrs`` in brackets; per-channel arrays run along the last axis):
 ``affine``      float32 -> float32: elementwise steps ``x = f32(x <op> c)`` in order, op one of add, sub,
                 mul, div, c broadcast against x  [steps: list of (op, array)]
 ``softmax``     float32 -> float32 along ``axis`` (host side only)  [axis]
-``qsoftmax``    int8/uint8 -> same dtype along ``axis``: com.microsoft QLinearSoftmax exactly as onnxruntime 1.31
+``qsoftmax``    int8/uint8 -> same dtype along ``axis``: com.microsoft QLinearSoftmax exactly as onnxruntime 1.32
                 computes it (host side only; see :func:`zakid_hw.golden.qsoftmax`)  [x_scale, x_zp, y_scale,
                 y_zp, dtype, axis, opset]; ``opset`` < 13 normalises over all axes from ``axis`` on
 

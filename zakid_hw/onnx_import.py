@@ -25,7 +25,7 @@ split in three: this file (entry point, checks, values, MLP layers, shapes), :mo
 (convolution, pooling, residual Add, Concat, Transpose, Softmax) and :mod:`zakid_hw.onnx_islands` (tabulated
 elementwise islands); :mod:`zakid_hw.onnx_common` holds what they share.
 
-The IR reproduces onnxruntime 1.31 (CPU, default optimisation level) bit for bit:
+The IR reproduces onnxruntime 1.32 (CPU, default optimisation level) bit for bit:
 
 * QuantizeLinear: ``saturate(rint(f32(x) / f32(scale)) + zp)`` (IR ``quantize``).
 * QLinearMatMul, QGemm and QLinearConv: int32 accumulator ``sum((x - x_zp) * (w - w_zp)) + bias`` (IR ``dense``

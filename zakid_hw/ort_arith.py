@@ -1,4 +1,4 @@
-"""Exact integer forms of onnxruntime 1.31's quantized elementwise and pooling kernels (CPU execution provider,
+"""Exact integer forms of onnxruntime 1.32's quantized elementwise and pooling kernels (CPU execution provider,
 default optimisation level), for the hardware's threshold requantizer (IR ``threshold``: code = base +
 #{j : acc >= thr[j]}).
 
