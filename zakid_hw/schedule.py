@@ -874,7 +874,7 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
             # before the one that reads it when the layer starts at w0 - o + start or later
             lo, hi = nxt.start, nxt.start + nxt.k
             need = max((w0 - o + nxt.start for o, w0 in writes if o < hi and o + lanes > lo), default=0)
-            gap = max(MIN_CHAIN_GAP, need - last_step, 1 + prev[1] - nxt.k)  # (the last: can_chain's k >= n_last)
+            gap = max(MIN_CHAIN_GAP, need - last_step, 1 + prev[1] - nxt.k)  # (the last: its last step group_turn after)
         t = last_step + (gap or _drained(desc, requant_latency))
         cycles.append(t - origin)
         if nxt is not None:
