@@ -60,9 +60,9 @@ class Accelerator(wiring.Component):
     With ``config.pixels == 2`` a second MAC array (bank B) works beside the first (bank A) on the same
     weights, its activations a cycle behind (they skip its DSP blocks' input register, so both banks' sums
     are final in the same cycle): in a pair layer (:func:`zakid_hw.schedule.pairable`) bank A works on
-    output pixel 2p and bank B on pixel 2p + 1. Each input word is read twice per ``lanes`` steps, A's at the word's
-    first step and B's at its second, and held in a register per bank while its bytes are used; the
-    drain writes A's outputs, then B's.
+    output pixel 2p and bank B on pixel 2p + 1. Each input word is read twice per ``lanes`` steps, A's at
+    the word's first step and B's at its second, and held in a register per bank while its bytes are used;
+    the drain writes A's outputs, then B's.
     """
 
     def __init__(self, config: AccelConfig, image):

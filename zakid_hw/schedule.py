@@ -915,9 +915,8 @@ def layer_cycles(image: AccelImage) -> list[int]:
     one of n lanes opens right after it only when k >= t = max(n, GROUP_SPACING) (:func:`group_turn`);
     otherwise it may open t - k cycles later and does so the cycle after (the group before may be the
     previous layer's); lane l's code is written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after
-    that step. After the last group the
-    next layer starts ``chain_gap`` cycles after the last step, or once the drain is empty and the
-    requantizer has finished."""
+    that step. After the last group the next layer starts ``chain_gap`` cycles after the last step, or once
+    the drain is empty and the requantizer has finished."""
     return _timeline(image.layers, image.lanes, image.requant_latency)[0]
 
 
