@@ -15,7 +15,7 @@ class AccelConfig:
     dsp_pack:     lanes per DSP block: 1 (a 16x16 multiplier inferred by Yosys) or 2 (SB_MAC16 instantiated
                   in its two-8x8 mode, for weights of at most 8 bits; see :mod:`rtl_gen.dsp`).
     pixels:       output pixels a weight word serves per cycle: 1, or 2 (a second bank of ``lanes``
-                  accumulators works on the next output pixel of a pointwise layer with the same weights,
+                  accumulators works on the next output pixel of a convolution with the same weights,
                   see :func:`zakid_hw.schedule.pairable`; every lane of both banks in DSP blocks, two per
                   block).
     clock_mhz:    the clock the design runs at (the PLL output, or the board oscillator).

@@ -37,6 +37,8 @@ class Controller(wiring.Component):
         rd_addr:  out, signed: byte address of the input code(s) this step reads (in channel mode, the
                   first of the group's ``lanes`` channels).
         rd_valid: out, 1: the address lies inside the input; otherwise the step reads the padding code.
+        rd_valid_b: out, 1: for a pair layer's step that reads pixel B's word (``rd_b``), whether B's
+                  window position (A's one input column to the right) lies inside the input.
         w_addr:   out: weight memory address of this step.
         o_addr:   out: byte address of the group's first output (always inside the activation memory, so
                   unsigned and only as wide as its addresses).
@@ -79,7 +81,7 @@ class Controller(wiring.Component):
             "busy": Out(1), "done": Out(1),
             "issue": Out(1), "first": Out(1), "last": Out(1),
             "layer": Out(bits_for(len(descriptors))),
-            "rd_addr": Out(signed(self.addr_width)), "rd_valid": Out(1),
+            "rd_addr": Out(signed(self.addr_width)), "rd_valid": Out(1), "rd_valid_b": Out(1),
             "w_addr": Out(bits_for(max(w_depth - 1, 1))),
             "o_addr": Out(self.out_width), "ch_base": Out(self.ch_width),
             "group_n": Out(bits_for(lanes)),
@@ -155,7 +157,8 @@ class Controller(wiring.Component):
         o_pix, ooff = Signal(self.out_width, reset_less=True), Signal(self.out_width, reset_less=True)
         first = Signal(reset_less=True)  # the next step starts a group
 
-        inside = (iy_k >= 0) & (iy_k < cfg["h"]) & (ix_k >= 0) & (ix_k < cfg["w"])
+        rows_in = (iy_k >= 0) & (iy_k < cfg["h"])
+        inside = rows_in & (ix_k >= 0) & (ix_k < cfg["w"])
         group_end = end["k"]
 
         m.d.comb += [
@@ -166,6 +169,9 @@ class Controller(wiring.Component):
             self.hold.eq(cfg["pair"][0] & (word_pos != 0)),
             self.rd_b.eq(cfg["pair"][0] & (word_pos == 1)),
             self.rd_valid.eq(~cfg["check"][0] | inside),
+            # only a "row" pair layer with padding needs B's own check (schedule.pair_form)
+            self.rd_valid_b.eq(~cfg["check"][0] | (rows_in & (ix_k >= -1) & (ix_k < cfg["w"] - 1))
+                               if any(x.pair and x.check for x in d) else 1),
             self.o_addr.eq(o_pix + ooff),
             self.ch_base.eq(goff),
             self.group_n.eq(Mux(end["groups"], cfg["n_last"], L)),

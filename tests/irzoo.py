@@ -151,6 +151,20 @@ def cnn_pw(rng, dtype="int8"):
     return b.graph(t)
 
 
+def cnn_pk(rng, dtype="int8"):
+    """convolutions with kernels whose output columns pair up with 4 lanes (see schedule.pair_form): 3x3
+    with padding on every side, 2x3 with row stride 2, column dilation 2 and uneven padding, 3x3 on uint8
+    inputs into 6 outputs (a partial lane group); then a 1x2 one with an odd column count and input
+    channels that fill no whole word (unpaired), and a dense layer."""
+    b = IRBuilder(rng, (1, 4, 5, 6), dtype, "cnn_pk")
+    t = b.conv("x", 8, k=(3, 3), pads=(1, 1, 1, 1))
+    t = b.conv(t, 8, k=(2, 3), strides=(2, 1), pads=(0, 2, 1, 2), dil=(1, 2), out_dtype="uint8")
+    t = b.conv(t, 6, k=(3, 3), pads=(1, 1, 1, 1))
+    t = b.conv(t, 5, k=(1, 2), pads=(0, 0, 0, 0))
+    t = b.dense(b.flatten(t), 5)
+    return b.graph(t)
+
+
 def cnn_raw(rng, dtype="int8"):
     """a conv whose last dense layer hands its raw accumulators to the host (as QONNX models end)."""
     b = IRBuilder(rng, (1, 2, 4, 4), dtype, "cnn_raw")

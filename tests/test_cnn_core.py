@@ -19,6 +19,8 @@ from zakid_hw.simulate import signed_codes
     (irzoo.cnn_c, 8, 8, "uint8", "affine", 1),
     (irzoo.cnn_raw, 4, 4, "uint8", "affine", 1),
     (irzoo.cnn_pw, 4, 4, "uint8", "tables", 2),  # three pointwise layers on two pixels at once
+    (irzoo.cnn_pk, 4, 4, "int8", "tables", 2),  # three convolutions with kernels and padding, the same
+    (irzoo.cnn_pk, 4, 4, "uint8", "affine", 2),
 ])
 def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pixels, tmp_path):
     rng = np.random.default_rng(lanes)
@@ -36,6 +38,9 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pix
     np.testing.assert_array_equal(got, want)
     image = schedule.memory_image(prog, lanes, requantizer)
     assert set(res["cycles"]) == {schedule.cycles_per_inference(image)}
-    if pixels == 2:
+    if make is irzoo.cnn_pw:
         assert [d.pair for d in image.layers] == [1, 0, 1, 0, 1, 0]
         assert [d.b_last for d in image.layers if d.pair] == [0, 0, 1]
+    elif make is irzoo.cnn_pk:
+        assert [d.pair for d in image.layers] == [1, 1, 1, 0, 0]
+        assert [d.check for d in image.layers] == [1, 1, 1, 0, 0]

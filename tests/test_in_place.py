@@ -11,7 +11,8 @@ from zakid_hw import passes, schedule
 
 def group_bytes(layer, src, dst, lanes, pair=False):
     """Per lane group in issue order: (bytes read, bytes written), relative to the storages' bases. With
-    ``pair`` a group works on output pixels 2p and 2p + 1 (a pointwise layer's pixels in row-major order)."""
+    ``pair`` a group works on output pixels 2p and 2p + 1 in row-major order (schedule.pair_form: across rows
+    for a pointwise layer, within each row of an even column count otherwise)."""
     g = layer.geometry
     groups = -(-layer.n // lanes)
     outs = [(oy, ox) for oy in range(g["oh"]) for ox in range(g["ow"])]
@@ -46,12 +47,12 @@ def check_no_hazard(prog, lanes):
 
 @pytest.mark.parametrize("make,lanes,pixels,in_place", [
     (irzoo.cnn_a, 4, 1, True), (irzoo.cnn_b, 8, 1, False), (irzoo.cnn_c, 4, 1, False), (irzoo.cnn_c, 8, 1, False),
-    (irzoo.cnn_pw, 4, 2, True)])
+    (irzoo.cnn_pw, 4, 2, True), (irzoo.cnn_pk, 4, 2, True)])
 def test_in_place_layers_never_overwrite_what_a_later_group_reads(make, lanes, pixels, in_place):
     prog = schedule.make_program(passes.lower_for_hardware(make(np.random.default_rng(3), "int8")), lanes, pixels)
     pairs = check_no_hazard(prog, lanes)
     shared = [a for a, b, _ in pairs if not (a.base + a.nbytes <= b.base or b.base + b.nbytes <= a.base)]
-    assert bool(shared) == in_place  # the layout is taken only where it saves memory (cnn_a with 4 lanes)
+    assert bool(shared) == in_place  # the layout is taken only where it saves memory
     # storages alive at the same time overlap only as an in-place pair allows
     pairs = {(id(a), id(b)) for a, b, _ in schedule.overlaps(prog.layers, prog.views, lanes, pixels)}
     ss = prog.storages

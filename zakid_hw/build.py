@@ -233,7 +233,7 @@ def text_report(r: dict) -> str:
         f"  model:       {r['macs']} MACs in {len(r['layers'])} layers ({r['source_format']})",
         f"  accelerator: {r['mac_lanes']} MAC lanes ({r['dsp_lanes']} in DSPs"
         f"{', two per SB_MAC16' if r.get('dsp_pack') == 2 else ''})"
-        f"{', x 2 output pixels in pointwise layers' if r.get('pixels') == 2 else ''}, clock {r['clock_mhz']} MHz "
+        f"{', x 2 output pixels in paired convolutions' if r.get('pixels') == 2 else ''}, clock {r['clock_mhz']} MHz "
         f"(Fmax {r['fmax_mhz']} MHz{'' if r['timing_met'] else ', TIMING NOT MET'})",
         f"  speed:       {r['cycles_per_inference']} cycles = {r['latency_us']} us per inference, "
         f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, device limit "

@@ -29,7 +29,7 @@ def model_options(p: argparse.ArgumentParser) -> None:
                         "two-8x8 mode; weights of at most 8 bits); default: chosen by the exploration")
     p.add_argument("--pixels", type=int, choices=(1, 2),
                    help="output pixels per weight word: 2 adds a second bank of lanes that works on the next "
-                        "pixel of pointwise layers with the same weights (every lane in DSP blocks, two per "
+                        "output pixel of a convolution with the same weights (every lane in DSP blocks, two per "
                         "block); default: chosen by the exploration")
     p.add_argument("--objective", choices=("latency", "area"), default="latency",
                    help="what the exploration minimises among the configurations that fit (default latency)")

@@ -130,8 +130,9 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         (lambda lc: clock_and_divisor(brd, automatic_clock_mhz(brd, lc), baud)) if clock_auto else None))
     if not designs:
         raise ZakidError("--pixels 2: no layer of this model can run two output pixels at once (that needs a "
-                         "pointwise convolution: 1x1 kernel, stride 1, no padding, input channels a multiple of "
-                         "the lanes and at least twice as many steps as lanes)")
+                         "convolution whose input channels are a multiple of the lanes, with at least twice as many "
+                         "steps as lanes, and either a 1x1 kernel with stride 1 and no padding or column stride 1 "
+                         "and an even number of output columns)")
     best = explore.choose(designs, objective)
     if best is None:
         # report the problems of the plainest design: the default lane count, saving the most block RAM; or the

@@ -2,7 +2,7 @@
 and predicted resources, the Pareto front of latency against logic cells, and the choice ``build`` makes.
 
 A configuration (:class:`Candidate`) is a lane count, the DSP packing (one or two int8 products per
-SB_MAC16), the output pixels a weight word serves (two: a second bank of lanes for pointwise layers),
+SB_MAC16), the output pixels a weight word serves (two: a second bank of lanes for convolutions),
 where the weights live (block RAM or SPRAM) and the requantizer's table form. Cycles come from
 the exact cycle model (:func:`zakid_hw.schedule.cycles_per_inference`), resources from
 :mod:`zakid_hw.cost_model`. Latency is cycles at the design's clock: the one asked for, or with none asked

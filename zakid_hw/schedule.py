@@ -450,17 +450,31 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
 
 def pairable(layer: Layer, src: View, dst: View, lanes: int, pixels: int) -> bool:
     """Whether a layer runs two output pixels at once on a design with ``pixels`` output pixels per weight
-    word (only ``pixels=2`` has the second bank of lanes that one weight word feeds): a pointwise
-    broadcast layer (1x1 kernel, stride 1, no padding, so output pixel p reads input pixel p and the
-    pixels may be taken in pairs across rows) with whole memory words per
-    input pixel (the second pixel's word is read in the cycle after the first's and both are held while
-    their ``lanes`` bytes are used) and at least ``2 * lanes`` steps per group (so the drain, two pixels'
-    outputs, never holds a group up)."""
+    word (only ``pixels=2`` has the second bank of lanes that one weight word feeds): a broadcast
+    convolution with whole memory words per input pixel (the second pixel's word is read in the cycle
+    after the first's and both are held while their ``lanes`` bytes are used) and at least ``2 * lanes``
+    steps per group (so the drain, two pixels' outputs, never holds a group up), whose pixels pair up in
+    one of two ways (see :func:`pair_form`):
+
+    - "line": a pointwise layer (1x1 kernel, stride 1, no padding), so output pixel p reads input pixel p
+      and the pixels pair up in row-major order across rows (an odd count leaves the last pair one pixel);
+    - "row": any kernel, padding and dilation with column stride 1 and an even number of output columns:
+      pixel B is A's right neighbour, its window A's shifted one input column (B's own padding check)."""
     g = layer.geometry
     return (pixels == 2 and layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
-            and g["kh"] == g["kw"] == g["sy"] == g["sx"] == 1 and g["pt"] == g["pl"] == 0
-            and (g["oh"], g["ow"]) == (g["h"], g["w"]) and g["c_in"] % lanes == 0
+            and pair_form(layer) is not None and g["c_in"] % lanes == 0
             and src.storage.pitch % lanes == 0 and src.offset % lanes == 0 and layer.k >= 2 * lanes)
+
+
+def pair_form(layer: Layer) -> str | None:
+    """How a convolution's output pixels pair up (see :func:`pairable`): "line", "row" or None."""
+    g = layer.geometry
+    if (g["kh"] == g["kw"] == g["sy"] == g["sx"] == 1 and g["pt"] == g["pl"] == 0
+            and (g["oh"], g["ow"]) == (g["h"], g["w"])):
+        return "line"
+    if g["sx"] == 1 and g["ow"] % 2 == 0:
+        return "row"
+    return None
 
 
 def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, pair: bool = False) -> int:
@@ -622,7 +636,7 @@ class LayerDescriptor:
                         # layer still drains (see chain_gaps); 0: once the previous layer is all written
     tail: int = 0       # cycles from this layer's last MAC step to the next layer's first or to done (layer_tails)
     pair: int = 0       # 1: each group works on two output pixels, A (the loop's pixel) and B (the next one);
-                        # the loop walks pairs (ow = pairs, oh = 1), see pairable
+                        # the loop walks pairs (see pairable)
     b_last: int = 0     # pair layers: 1 if the last pair's B pixel exists (an even pixel count)
     pair_in: int = 0    # pair layers: bytes from pixel A's input to pixel B's
     pair_out: int = 0   # pair layers: bytes from pixel A's output to pixel B's
@@ -761,17 +775,22 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             check = 0
         else:
             inc_kx = g["dx"] * pitch
-        # the output pixel loop: rows and columns, or for a pair layer the pixels in pairs, row after row as
-        # one line (see pairable)
+        # the output pixel loop: rows and columns; for a pair layer (see pairable) the pixels in pairs, row
+        # after row as one line ("line"), or each row's columns in pairs ("row")
         o_pitch = dst.storage.pitch
-        loop = (dict(oh=1, ow=-(-l.pixels // 2), inc_ox=2 * pitch, inc_oy=0, out_pitch=2 * o_pitch) if pair else
-                dict(oh=g["oh"], ow=g["ow"], inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch, out_pitch=o_pitch))
+        loop = dict(oh=g["oh"], ow=g["ow"], sx=g["sx"], inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch,
+                    out_pitch=o_pitch)
+        form = pair_form(l) if pair else None
+        if form == "line":
+            loop.update(oh=1, ow=-(-l.pixels // 2), inc_ox=2 * pitch, inc_oy=0, out_pitch=2 * o_pitch)
+        elif form == "row":
+            loop.update(ow=g["ow"] // 2, sx=2, inc_ox=2 * pitch, out_pitch=2 * o_pitch)
         descs.append(LayerDescriptor(
             chan=int(l.channel_mode), is_max=int(l.kind == "maxpool"), in_signed=int(l.in_dtype == "int8"),
             ci=g["c_in"] if not l.channel_mode else 1, kw=g["kw"], kh=g["kh"], groups=groups, k=l.k,
             start=s_base + (-g["pt"] * g["w"] - g["pl"]) * pitch,
             inc_kx=inc_kx, inc_ky=g["dy"] * g["w"] * pitch,
-            check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], sx=g["sx"], dy=g["dy"], dx=g["dx"],
+            check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], dy=g["dy"], dx=g["dx"],
             h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF, out_base=dst.storage.base + dst.offset, **loop,
             n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_values),
             table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
