@@ -1,7 +1,8 @@
 """Real builds for the resource model: each configuration below is synthesised, placed and routed for the
 UP5K, and its measured resources are written with the model's inputs to ``bench/cost_calibration.json``.
 
-    python bench/calibrate_cost.py            # all builds (about 12 minutes on 2 cores)
+    python bench/calibrate_cost.py            # all builds (about 15 minutes on 2 cores)
+    python bench/calibrate_cost.py mnist-8    # only the builds of these models (configs()' names)
     python bench/calibrate_cost.py --fit      # refit zakid_hw.cost_model.LC from the recorded builds
                                               # (these and bench/models_results.json's)
 
@@ -48,6 +49,8 @@ def configs():
         ("kws_c64", dict(lanes=8)),
         ("kws_c32", dict(lanes=8)),
         ("ad_small", dict(lanes=8)),
+        ("mnist-8", dict(lanes=8, pixels=2, requantizer="affine", weights="spram")),
+        ("mnist-8", dict(lanes=8, pixels=2, requantizer="tables", weights="spram")),
     ]
 
 
@@ -102,11 +105,16 @@ def features(c) -> dict:
             "terms": cost_model.lc_terms(c.image, c.config, c.memories), "predicted": c.predicted}
 
 
-def run():
+def run(only=()):
     rows = json.loads(OUT.read_text()) if OUT.exists() else []
+    unknown = set(only) - {name for name, _ in configs()}
+    if unknown:
+        sys.exit(f"no builds of {', '.join(sorted(unknown))}; the models are {', '.join(model_files())}")
     for name, kw in configs():
+        if only and name not in only:
+            continue
         path = model_files()[name][0]
-        if not Path(path).exists():
+        if path is not None and not Path(path).exists():
             print(f"skip {name}: {path} missing")
             continue
         c = compile_recorded({"key": name, "options": kw})
@@ -146,4 +154,4 @@ def fit():
 
 
 if __name__ == "__main__":
-    fit() if "--fit" in sys.argv else run()
+    fit() if "--fit" in sys.argv else run(sys.argv[1:])
