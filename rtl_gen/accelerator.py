@@ -62,7 +62,8 @@ class Accelerator(wiring.Component):
     are final in the same cycle): in a pair layer (:func:`zakid_hw.schedule.pairable`) bank A works on
     one output pixel and bank B on the next (see :func:`zakid_hw.schedule.pair_form`). Each input word is
     read twice per ``lanes`` steps, A's at the word's first step and B's at its second, and held in a
-    register per bank while its bytes are used; the drain writes A's outputs, then B's.
+    register per bank while its bytes are used; in a "shift" pair layer (one input channel) bank B takes
+    instead the code bank A takes a step later. The drain writes A's outputs, then B's.
     """
 
     def __init__(self, config: AccelConfig, image):
@@ -110,7 +111,7 @@ class Accelerator(wiring.Component):
         m.submodules.macs = macs = MacArray(lanes=L, dsp_lanes=self.config.dsp_lanes, w_width=img.w_width,
                                             acc_width=img.acc_width, dsp_pack=self.config.dsp_pack)
         paired = self.config.pixels == 2
-        if paired:  # bank B: convolutions only (no maxima); it pads only in a "row" pair layer with padding
+        if paired:  # bank B: convolutions only (no maxima)
             m.submodules.macs_b = macs_b = MacArray(lanes=L, dsp_lanes=L, w_width=img.w_width, acc_width=img.acc_width,
                                                     dsp_pack=2, max_pool=False, x_late=True)
         aw = ctrl.addr_width
@@ -217,13 +218,17 @@ class Accelerator(wiring.Component):
             m.d.sync += [s3["sel"].eq(s2["sel"]), s3["layer"].eq(lay)]
             b_bytes = Array(word_b[8 * i: 8 * i + 8] for i in range(L))
             code_b = b_bytes[s3["sel"]]
-            if any(x.pair and x.check for x in descs):  # B's window may reach outside the input
+            if any(x.pair and x.check and not x.pair_shift for x in descs):  # B's window may reach outside the input
                 inb_b = [Signal(name="s0_inb_b"), Signal(name="s1_inb_b"), Signal(name="inb_b")]
                 m.d.sync += [inb_b[0].eq(ctrl.rd_valid_b), inb_b[1].eq(inb_b[0])]
                 with m.If(s1["rdb"]):
                     m.d.sync += inb_b[2].eq(inb_b[1])
                 code_b = Mux(inb_b[2], code_b, pad_code[s3["layer"]])
             x_b = Mux(in_signed[s3["layer"]], code_b, code_b ^ 0x80).as_signed()
+            if any(x.pair_shift for x in descs):
+                # a "shift" pair layer (one input channel): B's tap is A's one kernel column on, the code
+                # bank A takes this cycle, which is the next step's
+                x_b = Mux(per_layer("pair_shift", 1)[s3["layer"]], macs.x[0], x_b)
             m.d.comb += [*(macs_b.x[lane].eq(x_b) for lane in range(L)), macs_b.w.eq(w_q),
                          macs_b.valid.eq(s2["valid"]), macs_b.first.eq(s2["first"]), macs_b.is_max.eq(0)]
 

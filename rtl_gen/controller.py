@@ -171,7 +171,7 @@ class Controller(wiring.Component):
             self.rd_valid.eq(~cfg["check"][0] | inside),
             # only a "row" pair layer with padding needs B's own check (schedule.pair_form)
             self.rd_valid_b.eq(~cfg["check"][0] | (rows_in & (ix_k >= -1) & (ix_k < cfg["w"] - 1))
-                               if any(x.pair and x.check for x in d) else 1),
+                               if any(x.pair and x.check and not x.pair_shift for x in d) else 1),
             self.o_addr.eq(o_pix + ooff),
             self.ch_base.eq(goff),
             self.group_n.eq(Mux(end["groups"], cfg["n_last"], L)),

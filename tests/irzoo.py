@@ -165,6 +165,17 @@ def cnn_pk(rng, dtype="int8"):
     return b.graph(t)
 
 
+def cnn_ps(rng, dtype="int8"):
+    """a one-channel input whose first convolution pairs output columns by shifting (see
+    schedule.pair_form): 3x5 kernel, row stride 2, uneven padding, 6 outputs (a partial lane group with 4
+    lanes); then an unpaired 3x3 convolution and a dense layer."""
+    b = IRBuilder(rng, (1, 1, 6, 8), dtype, "cnn_ps")
+    t = b.conv("x", 6, k=(3, 5), strides=(2, 1), pads=(1, 2, 0, 2))
+    t = b.conv(t, 8, k=(3, 3), pads=(1, 1, 1, 1))
+    t = b.dense(b.flatten(t), 5)
+    return b.graph(t)
+
+
 def cnn_raw(rng, dtype="int8"):
     """a conv whose last dense layer hands its raw accumulators to the host (as QONNX models end)."""
     b = IRBuilder(rng, (1, 2, 4, 4), dtype, "cnn_raw")

@@ -47,7 +47,7 @@ def check_no_hazard(prog, lanes):
 
 @pytest.mark.parametrize("make,lanes,pixels,in_place", [
     (irzoo.cnn_a, 4, 1, True), (irzoo.cnn_b, 8, 1, False), (irzoo.cnn_c, 4, 1, False), (irzoo.cnn_c, 8, 1, False),
-    (irzoo.cnn_pw, 4, 2, True), (irzoo.cnn_pk, 4, 2, True)])
+    (irzoo.cnn_pw, 4, 2, True), (irzoo.cnn_pk, 4, 2, True), (irzoo.cnn_ps, 4, 2, True)])
 def test_in_place_layers_never_overwrite_what_a_later_group_reads(make, lanes, pixels, in_place):
     prog = schedule.make_program(passes.lower_for_hardware(make(np.random.default_rng(3), "int8")), lanes, pixels)
     pairs = check_no_hazard(prog, lanes)

@@ -34,8 +34,11 @@ def test_mnist8_rtl_accuracy_equals_onnxruntime(mnist):
     calib, xs, ys = mnist
     c = compile_model(datasets.mnist8_path(), calibration=calib)
     assert [l.kind for l in c.program.layers] == ["conv", "maxpool", "conv", "maxpool", "conv"]
-    # the 5x5 convolution over 8 channels runs two output pixels per weight word, its padding included
-    assert c.config.pixels == 2 and [(d.pair, d.check) for d in c.image.layers][2] == (1, 1)
+    # both convolutions run two output pixels per weight word: the first (one input channel) by shifting,
+    # the 5x5 one over 8 channels with the second pixel's own padding check
+    assert c.config.pixels == 2
+    assert [(d.pair, d.pair_shift, d.check) for d in c.image.layers] == [
+        (1, 1, 1), (0, 0, 0), (1, 0, 1), (0, 0, 0), (0, 0, 0)]
     res = simulate_model(c, xs)
     np.testing.assert_array_equal(res.outputs, golden_outputs(c, xs))
     qmodel, _ = quantize_float(onnx.load(datasets.mnist8_path()), calib)

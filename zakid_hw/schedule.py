@@ -451,30 +451,43 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
 def pairable(layer: Layer, src: View, dst: View, lanes: int, pixels: int) -> bool:
     """Whether a layer runs two output pixels at once on a design with ``pixels`` output pixels per weight
     word (only ``pixels=2`` has the second bank of lanes that one weight word feeds): a broadcast
-    convolution with whole memory words per input pixel (the second pixel's word is read in the cycle
-    after the first's and both are held while their ``lanes`` bytes are used) and at least ``2 * lanes``
-    steps per group (so the drain, two pixels' outputs, never holds a group up), whose pixels pair up in
-    one of two ways (see :func:`pair_form`):
+    convolution with at least ``2 * lanes`` steps per group (:func:`pair_steps`, so the drain, two pixels'
+    outputs, never holds a group up) whose pixels pair up in one of three ways (:func:`pair_form`):
 
     - "line": a pointwise layer (1x1 kernel, stride 1, no padding), so output pixel p reads input pixel p
       and the pixels pair up in row-major order across rows (an odd count leaves the last pair one pixel);
     - "row": any kernel, padding and dilation with column stride 1 and an even number of output columns:
-      pixel B is A's right neighbour, its window A's shifted one input column (B's own padding check)."""
-    g = layer.geometry
-    return (pixels == 2 and layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
-            and pair_form(layer) is not None and g["c_in"] % lanes == 0
-            and src.storage.pitch % lanes == 0 and src.offset % lanes == 0 and layer.k >= 2 * lanes)
+      pixel B is A's right neighbour, its window A's shifted one input column (B's own padding check);
+    - "shift": the same with one input channel and column dilation 1: B's tap at kernel column kx is A's at
+      kx + 1, so A's loop takes one more column (with zero weights) and B takes A's code a step later.
+
+    "line" and "row" need whole memory words per input pixel (the second pixel's word is read in the cycle
+    after the first's and both are held while their ``lanes`` bytes are used)."""
+    form = pair_form(layer)
+    if not (pixels == 2 and layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
+            and form is not None and pair_steps(layer, form) >= 2 * lanes):
+        return False
+    return form == "shift" or (layer.geometry["c_in"] % lanes == 0 and src.storage.pitch % lanes == 0
+                               and src.offset % lanes == 0)
 
 
 def pair_form(layer: Layer) -> str | None:
-    """How a convolution's output pixels pair up (see :func:`pairable`): "line", "row" or None."""
+    """How a convolution's output pixels pair up (see :func:`pairable`): "line", "row", "shift" or None."""
     g = layer.geometry
     if (g["kh"] == g["kw"] == g["sy"] == g["sx"] == 1 and g["pt"] == g["pl"] == 0
             and (g["oh"], g["ow"]) == (g["h"], g["w"])):
         return "line"
-    if g["sx"] == 1 and g["ow"] % 2 == 0:
-        return "row"
-    return None
+    if g["sx"] != 1 or g["ow"] % 2:
+        return None
+    if g["c_in"] == 1:
+        return "shift" if g["dx"] == 1 else None
+    return "row"
+
+
+def pair_steps(layer: Layer, form: str | None) -> int:
+    """MAC steps per lane group: the layer's own, or with a "shift" pair one more kernel column per row."""
+    g = layer.geometry
+    return g["kh"] * (g["kw"] + 1) if form == "shift" else layer.k
 
 
 def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, pair: bool = False) -> int:
@@ -640,6 +653,7 @@ class LayerDescriptor:
     b_last: int = 0     # pair layers: 1 if the last pair's B pixel exists (an even pixel count)
     pair_in: int = 0    # pair layers: bytes from pixel A's input to pixel B's
     pair_out: int = 0   # pair layers: bytes from pixel A's output to pixel B's
+    pair_shift: int = 0  # "shift" pair layers (see pairable): bank B takes bank A's code of the next step
 
     @property
     def step_pixels(self) -> int:
@@ -748,8 +762,13 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         src = program.views[l.inputs[0]]
         dst = program.views[l.output]
         groups = -(-l.n // lanes)
-        w = np.zeros((groups * lanes, l.k), np.int64)
-        w[: l.n] = l.weight
+        pair = pairable(l, src, dst, lanes, program.pixels)
+        form = pair_form(l) if pair else None
+        kw = g["kw"] + (form == "shift")  # a "shift" pair's extra kernel column has zero weights
+        w = np.zeros((groups * lanes, g["kh"], kw, l.k // (g["kh"] * g["kw"])), np.int64)
+        w[: l.n, :, :g["kw"]] = l.weight.reshape(l.n, g["kh"], g["kw"], -1)
+        w = w.reshape(groups * lanes, -1)
+        k = w.shape[1]
         b = np.zeros(groups * lanes, np.int64)
         b[: l.n] = wrap(l.bias + centering_correction(l), acc_width)
         key = l.thresholds.tobytes() + bytes([l.thresholds.shape[0] > 1])
@@ -764,11 +783,10 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             n_tables += l.thresholds.shape[0]
         pitch = src.storage.pitch
         s_base = src.storage.base + src.offset
-        pair = pairable(l, src, dst, lanes, program.pixels)
         # the padding check is needed when a window starts before the input or its last one ends past it
         check = int(g["pt"] > 0 or g["pl"] > 0
                     or (g["oh"] - 1) * g["sy"] + (g["kh"] - 1) * g["dy"] - g["pt"] >= g["h"]
-                    or (g["ow"] - 1) * g["sx"] + (g["kw"] - 1) * g["dx"] - g["pl"] >= g["w"])
+                    or (g["ow"] - 1) * g["sx"] + (kw - 1) * g["dx"] - g["pl"] >= g["w"])
         if l.kind == "add":
             other = program.views[l.inputs[1]]
             inc_kx = (other.storage.base + other.offset) - s_base
@@ -780,14 +798,13 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         o_pitch = dst.storage.pitch
         loop = dict(oh=g["oh"], ow=g["ow"], sx=g["sx"], inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch,
                     out_pitch=o_pitch)
-        form = pair_form(l) if pair else None
         if form == "line":
             loop.update(oh=1, ow=-(-l.pixels // 2), inc_ox=2 * pitch, inc_oy=0, out_pitch=2 * o_pitch)
-        elif form == "row":
+        elif form in ("row", "shift"):
             loop.update(ow=g["ow"] // 2, sx=2, inc_ox=2 * pitch, out_pitch=2 * o_pitch)
         descs.append(LayerDescriptor(
             chan=int(l.channel_mode), is_max=int(l.kind == "maxpool"), in_signed=int(l.in_dtype == "int8"),
-            ci=g["c_in"] if not l.channel_mode else 1, kw=g["kw"], kh=g["kh"], groups=groups, k=l.k,
+            ci=g["c_in"] if not l.channel_mode else 1, kw=kw, kh=g["kh"], groups=groups, k=k,
             start=s_base + (-g["pt"] * g["w"] - g["pl"]) * pitch,
             inc_kx=inc_kx, inc_ky=g["dy"] * g["w"] * pitch,
             check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], dy=g["dy"], dx=g["dx"],
@@ -796,11 +813,11 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
             raw_bytes=dst.storage.value_bytes if l.raw else 0,
             out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1),
-            pair=int(pair), b_last=int(pair and l.pixels % 2 == 0), pair_in=pitch if pair else 0,
-            pair_out=o_pitch if pair else 0))
+            pair=int(pair), b_last=int(pair and l.pixels % 2 == 0), pair_in=pitch if form in ("line", "row") else 0,
+            pair_out=o_pitch if pair else 0, pair_shift=int(form == "shift")))
         for gi in range(groups):
-            for k in range(l.k):
-                weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, k]])
+            for j in range(k):
+                weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, j]])
         bias_values.extend(int(v) for v in b)
     b_width = signed_bits(min(bias_values), max(bias_values))
     image = AccelImage(lanes, w_width, acc_width, -(-program.act_bytes // lanes) * lanes, out_bits, weight_words,
