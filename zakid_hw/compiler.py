@@ -130,9 +130,10 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         (lambda lc: clock_and_divisor(brd, automatic_clock_mhz(brd, lc), baud)) if clock_auto else None))
     if not designs:
         raise ZakidError("--pixels 2: no layer of this model can run two output pixels at once (that needs a "
-                         "convolution whose input channels are a multiple of the lanes, with at least twice as many "
-                         "steps as lanes, and either a 1x1 kernel with stride 1 and no padding or column stride 1 "
-                         "and an even number of output columns)")
+                         "convolution with at least twice as many steps as lanes that is either pointwise (1x1 "
+                         "kernel, stride 1, no padding) with input channels a multiple of the lanes, or has column "
+                         "stride 1, an even number of output columns and input channels a multiple of the lanes "
+                         "or one (then with column dilation 1))")
     best = explore.choose(designs, objective)
     if best is None:
         # report the problems of the plainest design: the default lane count, saving the most block RAM; or the
