@@ -1,7 +1,7 @@
 """Real builds for the resource model: each configuration below is synthesised, placed and routed for the
 UP5K, and its measured resources are written with the model's inputs to ``bench/cost_calibration.json``.
 
-    python bench/calibrate_cost.py            # all builds (about 15 minutes on 2 cores)
+    python bench/calibrate_cost.py            # all builds (their recorded build_seconds: 11 minutes on 2 cores)
     python bench/calibrate_cost.py mnist-8    # only the builds of these models (configs()' names)
     python bench/calibrate_cost.py --fit      # refit zakid_hw.cost_model.LC from the recorded builds
                                               # (these and bench/models_results.json's)

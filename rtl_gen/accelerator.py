@@ -12,6 +12,7 @@ from .mac_array import MacArray
 from .requantizer import AffineRequantizer, ThresholdRequantizer
 from .spram import SpramMemory
 from zakid_hw.flash_image import pack_words
+from zakid_hw.schedule import pads_pixel_b
 
 
 def weight_word_values(image) -> list[int]:
@@ -218,7 +219,7 @@ class Accelerator(wiring.Component):
             m.d.sync += [s3["sel"].eq(s2["sel"]), s3["layer"].eq(lay)]
             b_bytes = Array(word_b[8 * i: 8 * i + 8] for i in range(L))
             code_b = b_bytes[s3["sel"]]
-            if any(x.pair and x.check and not x.pair_shift for x in descs):  # B's window may reach outside the input
+            if pads_pixel_b(descs):  # B's window may reach outside the input
                 inb_b = [Signal(name="s0_inb_b"), Signal(name="s1_inb_b"), Signal(name="inb_b")]
                 m.d.sync += [inb_b[0].eq(ctrl.rd_valid_b), inb_b[1].eq(inb_b[0])]
                 with m.If(s1["rdb"]):

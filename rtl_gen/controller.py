@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from zakid_hw.schedule import group_turn
+from zakid_hw.schedule import group_turn, pads_pixel_b
 
 #: descriptor fields the controller latches at the start of each layer (see
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
@@ -169,9 +169,8 @@ class Controller(wiring.Component):
             self.hold.eq(cfg["pair"][0] & (word_pos != 0)),
             self.rd_b.eq(cfg["pair"][0] & (word_pos == 1)),
             self.rd_valid.eq(~cfg["check"][0] | inside),
-            # only a "row" pair layer with padding needs B's own check (schedule.pair_form)
             self.rd_valid_b.eq(~cfg["check"][0] | (rows_in & (ix_k >= -1) & (ix_k < cfg["w"] - 1))
-                               if any(x.pair and x.check and not x.pair_shift for x in d) else 1),
+                               if pads_pixel_b(d) else 1),
             self.o_addr.eq(o_pix + ooff),
             self.ch_base.eq(goff),
             self.group_n.eq(Mux(end["groups"], cfg["n_last"], L)),

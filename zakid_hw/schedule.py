@@ -484,10 +484,21 @@ def pair_form(layer: Layer) -> str | None:
     return "row"
 
 
+def kernel_columns(layer: Layer, form: str | None) -> int:
+    """Kernel columns the controller's loop walks: the layer's own, one more (with zero weights) for a
+    "shift" pair."""
+    return layer.geometry["kw"] + (form == "shift")
+
+
 def pair_steps(layer: Layer, form: str | None) -> int:
-    """MAC steps per lane group: the layer's own, or with a "shift" pair one more kernel column per row."""
-    g = layer.geometry
-    return g["kh"] * (g["kw"] + 1) if form == "shift" else layer.k
+    """MAC steps per lane group (see :func:`kernel_columns`)."""
+    return layer.k // layer.geometry["kw"] * kernel_columns(layer, form)
+
+
+def pads_pixel_b(descs) -> bool:
+    """Whether bank B needs its own padding check: some "row" pair layer pads (a "line" pair never pads,
+    a "shift" pair takes bank A's codes, padding included)."""
+    return any(d.pair and d.check and not d.pair_shift for d in descs)
 
 
 def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, pair: bool = False) -> int:
@@ -764,7 +775,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         groups = -(-l.n // lanes)
         pair = pairable(l, src, dst, lanes, program.pixels)
         form = pair_form(l) if pair else None
-        kw = g["kw"] + (form == "shift")  # a "shift" pair's extra kernel column has zero weights
+        kw = kernel_columns(l, form)
         w = np.zeros((groups * lanes, g["kh"], kw, l.k // (g["kh"] * g["kw"])), np.int64)
         w[: l.n, :, :g["kw"]] = l.weight.reshape(l.n, g["kh"], g["kw"], -1)
         w = w.reshape(groups * lanes, -1)
