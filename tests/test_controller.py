@@ -57,10 +57,14 @@ def run(make, lanes, pixels):
     return image, traces
 
 
-@pytest.mark.parametrize("make,lanes,pixels", [(irzoo.cnn_a, 4, 1), (irzoo.cnn_pw, 4, 2)])
+@pytest.mark.parametrize("make,lanes,pixels", [(irzoo.cnn_a, 4, 1), (irzoo.cnn_pw, 4, 2), (irzoo.cnn_pk, 8, 2),
+                                               (irzoo.cnn_ps, 8, 2)])
 def test_same_steps_after_an_inference_and_after_a_reset(make, lanes, pixels):
     image, (first, again, after_reset) = run(make, lanes, pixels)
-    issued = sum(t[PORTS.index("issue")] for t in first)
-    assert issued == sum(d.k * d.groups * d.ow * d.oh for d in image.layers)  # every step, once
+    issue, layer = PORTS.index("issue"), PORTS.index("layer")
+    issued = [sum(t[issue] for t in first if t[layer] == i) for i in range(len(image.layers))]
+    assert issued == schedule.layer_steps(image)  # every step, once: the cycle model's MAC steps
+    if pixels == 2:
+        assert any(d.pair for d in image.layers)
     assert again == first
     assert after_reset == first

@@ -79,6 +79,9 @@ def test_build_example_to_bitstream(tmp_path):
     assert rep["resources"]["lc"]["total"] == 5280 and 0 < rep["resources"]["lc"]["used"] < 5280
     assert rep["resources"]["dsp"]["used"] >= 1
     assert sum(l["cycles"] for l in rep["layers"]) + 1 == rep["cycles_per_inference"]
+    # where the cycles go: 64 and 16 MAC steps (16 lanes), the rest waits for the requantized outputs
+    assert [(l["mac_steps"], l["wait_cycles"]) for l in rep["layers"]] == [(64, 16), (16, 27)]
+    assert rep["mac_steps"] == 80 and "80 in MAC steps, 44 waiting" in (out / "report.txt").read_text()
     assert rep["latency_us"] == pytest.approx(rep["cycles_per_inference"] / rep["clock_mhz"], rel=1e-3)
     assert [p.name for p in tmp_path.joinpath("build").iterdir()] == ["digits_mlp_int8"]  # no temp folders left
     # where the place-and-route run's time went, tool by tool

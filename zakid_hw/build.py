@@ -170,14 +170,15 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
     roofs = cost_model.layer_rooflines(c.config, c.image, c.memories, c.program.layers)
-    for l, d, cyc, roof in zip(c.program.layers, c.image.layers, schedule.layer_cycles(c.image), roofs):
+    steps = schedule.layer_steps(c.image)
+    for l, d, cyc, roof, st in zip(c.program.layers, c.image.layers, schedule.layer_cycles(c.image), roofs, steps):
         g = l.geometry
         layers.append({"name": l.name, "op": l.kind, "input": [g["c_in"], g["h"], g["w"]],
                        "output": [l.n, g["oh"], g["ow"]], "kernel": [g["kh"], g["kw"]], "steps_per_output": l.k,
                        "macs": l.macs, "mac_bound_cycles": cost_model.layer_roofline(l.macs, c.image.lanes * d.step_pixels),
                        "two_pixels": bool(d.pair),
                        "lane_groups": d.groups * d.oh * d.ow,
-                       "cycles": cyc, "overlaps_previous": bool(d.chain_gap),
+                       "cycles": cyc, "mac_steps": st, "wait_cycles": cyc - st, "overlaps_previous": bool(d.chain_gap),
                        "roofline_cycles": roof,
                        "input_type": l.in_dtype, "output_type": l.out_dtype,
                        "requantizer_tables": int(l.thresholds.shape[0])})
@@ -198,6 +199,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "roofline_cycles": sum(l["roofline_cycles"] for l in layers),
         "device_limit_cycles": -(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
         "cycles_per_inference": cycles,
+        "mac_steps": sum(steps),
         "mac_bound_cycles": sum(l["mac_bound_cycles"] for l in layers),
         "clock_mhz": round(clock, 3),
         "fmax_mhz": round(synth.fmax_mhz, 2) if synth.fmax_mhz else None,
@@ -238,6 +240,8 @@ def text_report(r: dict) -> str:
         f"  speed:       {r['cycles_per_inference']} cycles = {r['latency_us']} us per inference, "
         f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, device limit "
         f"{r['device_limit_cycles']})",
+        f"  cycles:      {r['mac_steps']} in MAC steps, {r['cycles_per_inference'] - r['mac_steps']} waiting (the "
+        f"start; a layer's turn at the drain; outputs the next layer reads; the last outputs)",
         f"  chosen:      {'fastest' if r['exploration']['objective'] == 'latency' else 'smallest'} of "
         f"{r['exploration']['fitting']} fitting configurations of "
         f"{r['exploration']['configurations']} (objective {r['exploration']['objective']}; "
@@ -255,7 +259,8 @@ def text_report(r: dict) -> str:
     for l in r["layers"]:
         shape = lambda s: "x".join(map(str, s))
         lines.append(f"    {l['name']} ({l['op']}): {shape(l['input'])} -> {shape(l['output'])}, {l['macs']} MACs, "
-                     f"{l['cycles']} cycles (MAC bound {l['mac_bound_cycles']})")
+                     f"{l['cycles']} cycles = {l['mac_steps']} MAC steps + {l['wait_cycles']} waiting "
+                     f"(MAC bound {l['mac_bound_cycles']})")
     if r.get("flash_image"):
         f = r["flash_image"]
         lines.append(f"  flash:       weights in SPRAM, loaded at start-up from flash offset 0x{f['weights_offset']:X} "

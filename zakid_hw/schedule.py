@@ -967,6 +967,13 @@ def layer_cycles(image: AccelImage) -> list[int]:
     return _timeline(image.layers, image.lanes, image.requant_latency)[0]
 
 
+def layer_steps(image: AccelImage) -> list[int]:
+    """Per layer, the cycles in which the MAC array takes one of its steps (every group of every output
+    pixel, or pixel pair, takes ``k``); the rest of :func:`layer_cycles` is waiting: for a group's turn
+    at the drain, for the previous layer's outputs, or for the last sums to leave the pipeline."""
+    return [d.oh * d.ow * d.groups * d.k for d in image.layers]
+
+
 def cycles_per_inference(image: AccelImage) -> int:
     """Cycles from ``start`` to ``done`` (the core's own counter): the start cycle plus every layer."""
     return 1 + sum(layer_cycles(image))
