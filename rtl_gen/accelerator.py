@@ -64,7 +64,9 @@ class Accelerator(wiring.Component):
     one output pixel and bank B on the next (see :func:`zakid_hw.schedule.pair_form`). Each input word is
     read twice per ``lanes`` steps, A's at the word's first step and B's at its second, and held in a
     register per bank while its bytes are used; in a "shift" pair layer (one input channel) bank B takes
-    instead the code bank A takes a step later. The drain writes A's outputs, then B's.
+    instead the code bank A takes a step later, and at each kernel row's last column either A's code of an
+    extra column (zero weights) or, in a "peek" layer, the byte after A's in A's word (read again into B's
+    word register). The drain writes A's outputs, then B's.
     """
 
     def __init__(self, config: AccelConfig, image):
@@ -216,7 +218,15 @@ class Accelerator(wiring.Component):
             with m.If(s1["rdb"]):
                 m.d.sync += word_b.eq(a_rd.data)
             s3 = dict(sel=Signal.like(sel), layer=Signal.like(lay))
-            m.d.sync += [s3["sel"].eq(s2["sel"]), s3["layer"].eq(lay)]
+            sel_b = s2["sel"]
+            peek = any(x.pair_shift == 2 for x in descs)
+            if peek:
+                # a "peek" pair layer: B's tap at the last kernel column is the byte after A's, in the word
+                # A read there (rd_b); that step's flag follows it down the pipeline
+                rdb = [Signal(name="s2_rdb"), Signal(name="s3_rdb")]
+                m.d.sync += [rdb[0].eq(s1["rdb"]), rdb[1].eq(rdb[0])]
+                sel_b = s2["sel"] + Array(C(int(x.pair_shift == 2), 1) for x in descs)[lay]
+            m.d.sync += [s3["sel"].eq(sel_b), s3["layer"].eq(lay)]
             b_bytes = Array(word_b[8 * i: 8 * i + 8] for i in range(L))
             code_b = b_bytes[s3["sel"]]
             if pads_pixel_b(descs):  # B's window may reach outside the input
@@ -228,8 +238,9 @@ class Accelerator(wiring.Component):
             x_b = Mux(in_signed[s3["layer"]], code_b, code_b ^ 0x80).as_signed()
             if any(x.pair_shift for x in descs):
                 # a "shift" pair layer (one input channel): B's tap is A's one kernel column on, the code
-                # bank A takes this cycle, which is the next step's
-                x_b = Mux(per_layer("pair_shift", 1)[s3["layer"]], macs.x[0], x_b)
+                # bank A takes this cycle, which is the next step's (but at a "peek" layer's last column)
+                take_a = Array(C(int(x.pair_shift != 0), 1) for x in descs)[s3["layer"]]
+                x_b = Mux(take_a & ~rdb[1] if peek else take_a, macs.x[0], x_b)
             m.d.comb += [*(macs_b.x[lane].eq(x_b) for lane in range(L)), macs_b.w.eq(w_q),
                          macs_b.valid.eq(s2["valid"]), macs_b.first.eq(s2["first"]), macs_b.is_max.eq(0)]
 

@@ -48,8 +48,10 @@ class Controller(wiring.Component):
                   :func:`zakid_hw.schedule.pairable`; it is missing from the last pair of an odd count).
         hold:     out, 1: a pair layer's step that uses the input word read at the word's first step
                   (every step but the first of ``lanes``): the word register keeps its value.
-        rd_b:     out, 1: this step reads pixel B's word (the second step of each word of a pair layer;
-                  the B lanes take its bytes one cycle behind the A lanes).
+        rd_b:     out, 1: this step reads pixel B's word (the second step of each word of a "line" or
+                  "row" pair layer; the B lanes take its bytes one cycle behind the A lanes), or, in a
+                  "peek" pair layer (``pair_shift`` 2), the word A reads at the last kernel column, whose
+                  next byte is B's tap there.
 
     The drain takes a group's sums one lane (or one raw byte) per cycle, ``n`` cycles for ``n`` of them,
     and may take the next group's sums in the cycle it hands on its last; it reads the group's output
@@ -99,9 +101,11 @@ class Controller(wiring.Component):
         # were the longest paths of the smaller designs)
         # the running layer's descriptor, latched from a constant table
         # loop bounds are kept as "last index" (count - 1) so that the end tests are plain equalities
-        minus = {f: int(f in LOOP_COUNTS) for f in FIELDS}
-        table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in FIELDS}
-        cfg = {f: Signal(signed(aw), name=f"cfg_{f}", reset_less=True) for f in FIELDS}
+        peek = any(x.pair_shift == 2 for x in d)  # some "peek" pair layer (schedule.shift_peeks)
+        fields = FIELDS + ("pair_shift",) * peek
+        minus = {f: int(f in LOOP_COUNTS) for f in fields}
+        table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in fields}
+        cfg = {f: Signal(signed(aw), name=f"cfg_{f}", reset_less=True) for f in fields}
         # per layer: cycles a group waits after a full group and after a pixel's last group (t - k, or 0)
         def waits(n_of):
             return Array(C(max(0, group_turn(x.drain_cycles(n_of(x))) - x.k), bits_for(max(L * 8, group_turn(1))))
@@ -118,14 +122,14 @@ class Controller(wiring.Component):
         rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}", reset_less=True)
                for n in LOOP_COUNTS}
         end = {n: Signal(name=f"end_{n}", reset_less=True) for n in LOOP_COUNTS}
-        first_cfg = {f: table[f][0] for f in FIELDS}  # the first layer's descriptor (constants)
+        first_cfg = {f: table[f][0] for f in fields}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
         # cycles from each layer's last step to the next layer's first (to done for the last layer)
         tails = Array(C(x.tail, bits_for(max(y.tail for y in d))) for x in d)
 
         def load(pick):
             """Every descriptor register from its per-layer table, the entry ``pick(table)`` chooses."""
-            return [*(cfg[f].eq(pick(table[f])) for f in FIELDS), *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS),
+            return [*(cfg[f].eq(pick(table[f])) for f in fields), *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS),
                     cfg_wait_full.eq(pick(wait_full)), cfg_wait_last.eq(pick(wait_last))]
 
         def next_layers(table):  # entry i: layer i + 1's (the last layer's own for the last)
@@ -167,7 +171,8 @@ class Controller(wiring.Component):
             self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci_rd)),
             self.pair_b.eq(cfg["pair"][0] & (~(end["ow"] & end["oh"]) | cfg["b_last"][0])),
             self.hold.eq(cfg["pair"][0] & (word_pos != 0)),
-            self.rd_b.eq(cfg["pair"][0] & (word_pos == 1)),
+            self.rd_b.eq(cfg["pair"][0] & ((word_pos == 1) | (cfg["pair_shift"][1] & end["kw"] & self.issue))
+                         if peek else cfg["pair"][0] & (word_pos == 1)),
             self.rd_valid.eq(~cfg["check"][0] | inside),
             self.rd_valid_b.eq(~cfg["check"][0] | (rows_in & (ix_k >= -1) & (ix_k < cfg["w"] - 1))
                                if pads_pixel_b(d) else 1),

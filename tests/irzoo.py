@@ -166,12 +166,23 @@ def cnn_pk(rng, dtype="int8"):
 
 
 def cnn_ps(rng, dtype="int8"):
-    """a one-channel input whose first convolution pairs output columns by shifting (see
-    schedule.pair_form): 3x5 kernel, row stride 2, uneven padding, 6 outputs (a partial lane group with 4
-    lanes); then an unpaired 3x3 convolution and a dense layer."""
+    """a one-channel input whose first convolution pairs output columns by shifting, bank B's last tap
+    peeked from bank A's word (see schedule.pair_form and shift_peeks: every such byte pair lies in one
+    word): 3x5 kernel, row stride 2, uneven padding, 6 outputs (a partial lane group with 4 lanes); then an
+    unpaired 3x3 convolution and a dense layer."""
     b = IRBuilder(rng, (1, 1, 6, 8), dtype, "cnn_ps")
     t = b.conv("x", 6, k=(3, 5), strides=(2, 1), pads=(1, 2, 0, 2))
     t = b.conv(t, 8, k=(3, 3), pads=(1, 1, 1, 1))
+    t = b.dense(b.flatten(t), 5)
+    return b.graph(t)
+
+
+def cnn_pc(rng, dtype="int8"):
+    """a one-channel input whose first convolution pairs output columns by shifting with one more kernel
+    column: rows of 7 bytes, so some of bank B's last taps lie in the word after bank A's (see
+    schedule.shift_peeks); 2x4 kernel, padding on three sides, 6 outputs; then a dense layer."""
+    b = IRBuilder(rng, (1, 1, 5, 7), dtype, "cnn_pc")
+    t = b.conv("x", 6, k=(2, 4), pads=(0, 1, 1, 1))
     t = b.dense(b.flatten(t), 5)
     return b.graph(t)
 

@@ -21,8 +21,10 @@ from zakid_hw.simulate import signed_codes
     (irzoo.cnn_pw, 4, 4, "uint8", "tables", 2),  # three pointwise layers on two pixels at once
     (irzoo.cnn_pk, 4, 4, "int8", "tables", 2),  # three convolutions with kernels and padding, the same
     (irzoo.cnn_pk, 4, 4, "uint8", "affine", 2),
-    (irzoo.cnn_ps, 4, 4, "int8", "tables", 2),  # a one-channel convolution on pairs by shifting
-    (irzoo.cnn_ps, 4, 4, "uint8", "affine", 2),
+    (irzoo.cnn_ps, 4, 4, "int8", "tables", 2),  # a one-channel convolution on pairs by shifting, B's last
+    (irzoo.cnn_ps, 4, 4, "uint8", "affine", 2),  # tap peeked from A's word
+    (irzoo.cnn_pc, 4, 4, "int8", "affine", 2),  # the same with one more kernel column instead
+    (irzoo.cnn_pc, 4, 4, "uint8", "tables", 2),
 ])
 def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pixels, tmp_path):
     rng = np.random.default_rng(lanes)
@@ -47,5 +49,8 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pix
         assert [d.pair for d in image.layers] == [1, 1, 1, 0, 0]
         assert [d.check for d in image.layers] == [1, 1, 1, 0, 0]
     elif make is irzoo.cnn_ps:
-        assert [(d.pair, d.pair_shift, d.check, d.kw, d.k) for d in image.layers][0] == (1, 1, 1, 6, 18)
+        assert [(d.pair, d.pair_shift, d.check, d.kw, d.k) for d in image.layers][0] == (1, 2, 1, 5, 15)
         assert [d.pair for d in image.layers] == [1, 0, 0]
+    elif make is irzoo.cnn_pc:
+        assert [(d.pair, d.pair_shift, d.check, d.kw, d.k) for d in image.layers] == [(1, 1, 1, 5, 10),
+                                                                                     (0, 0, 0, 6, 180)]

@@ -82,19 +82,22 @@ def test_in_place_offsets_of_a_chain():
     assert in_place_offset(pw, src, dst, 8, pair=True) == 32 + 24
 
 
-@pytest.mark.parametrize("geo,c_in,form,steps,pairs", [
-    (dict(kh=1, kw=1, pt=0, pl=0, oh=5, ow=5, w=5), 16, "line", 16, True),  # pointwise: pixels in a line
-    (dict(kh=1, kw=1, pt=0, pl=0, oh=5, ow=5, w=5), 8, "line", 8, False),   # too few steps for the drain
-    (dict(kh=3, kw=3, oh=5, ow=4), 16, "row", 144, True),                # each row's columns in pairs
-    (dict(kh=3, kw=3, oh=5, ow=4), 12, "row", 108, False),               # channels fill no whole words
-    (dict(kh=3, kw=3, oh=5, ow=5), 16, None, 144, False),                # an odd column count
-    (dict(kh=3, kw=3, oh=5, ow=2, sx=2, w=4), 16, None, 144, False),     # column stride 2
-    (dict(kh=3, kw=3, oh=5, ow=4), 1, "shift", 12, False),               # one channel: 3 x 4 steps < 16
-    (dict(kh=5, kw=5, oh=5, ow=4), 1, "shift", 30, True),
-    (dict(kh=5, kw=5, oh=5, ow=4, dx=2), 1, None, 25, False),            # dilated columns
+@pytest.mark.parametrize("geo,c_in,form,laid_out,steps,pairs", [
+    (dict(kh=1, kw=1, pt=0, pl=0, oh=5, ow=5, w=5), 16, "line", "line", 16, True),  # pointwise: pixels in a line
+    (dict(kh=1, kw=1, pt=0, pl=0, oh=5, ow=5, w=5), 8, "line", "line", 8, False),   # too few steps for the drain
+    (dict(kh=3, kw=3, oh=5, ow=4), 16, "row", "row", 144, True),                # each row's columns in pairs
+    (dict(kh=3, kw=3, oh=5, ow=4), 12, "row", "row", 108, False),               # channels fill no whole words
+    (dict(kh=3, kw=3, oh=5, ow=5), 16, None, None, 144, False),                 # an odd column count
+    (dict(kh=3, kw=3, oh=5, ow=2, sx=2, w=4), 16, None, None, 144, False),      # column stride 2
+    # one channel: B's last tap (A's byte + 1) in A's word, rows of 4 bytes (a column more: 12 steps)
+    (dict(kh=3, kw=3, oh=5, ow=4), 1, "shift", "peek", 9, False),               # 9 steps < 16
+    (dict(kh=5, kw=5, oh=5, ow=4), 1, "shift", "peek", 25, True),               # (B's last taps are padding)
+    (dict(kh=5, kw=5, oh=5, ow=4, w=7), 1, "shift", "shift", 30, True),         # rows of 7: some cross words
+    (dict(kh=5, kw=5, oh=5, ow=4, dx=2), 1, None, None, 25, False),             # dilated columns
 ])
-def test_pair_forms(geo, c_in, form, steps, pairs):
-    """Which convolutions run two output pixels per weight word (8 lanes), how, and in how many steps."""
+def test_pair_forms(geo, c_in, form, laid_out, steps, pairs):
+    """Which convolutions run two output pixels per weight word (8 lanes), how (by geometry, then with the
+    input at address 0), and in how many steps."""
     from zakid_hw.schedule import Layer, Storage, View, pair_form, pair_steps, pairable
     g = dict(c_in=c_in, h=5, w=4, kh=3, kw=3, sy=1, sx=1, dy=1, dx=1, pt=1, pl=1, pb=1, pr=1, oh=5, ow=4,
              pad_code=0, ceil_mode=0)
@@ -105,6 +108,6 @@ def test_pair_forms(geo, c_in, form, steps, pairs):
                  "int8", "int8", (0, 0), g)
     src = View(Storage("a", c_in, g["h"], g["w"], "int8", pitch=c_in))
     dst = View(Storage("b", 8, g["oh"], g["ow"], "int8", pitch=8))
-    assert pair_form(conv) == form and pair_steps(conv, form) == steps
+    assert pair_form(conv) == form and pair_form(conv, src, 8) == laid_out and pair_steps(conv, laid_out) == steps
     assert pairable(conv, src, dst, 8, 2) == pairs
     assert not pairable(conv, src, dst, 8, 1)  # one pixel per weight word: no second bank

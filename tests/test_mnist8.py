@@ -35,10 +35,13 @@ def test_mnist8_rtl_accuracy_equals_onnxruntime(mnist):
     c = compile_model(datasets.mnist8_path(), calibration=calib)
     assert [l.kind for l in c.program.layers] == ["conv", "maxpool", "conv", "maxpool", "conv"]
     # both convolutions run two output pixels per weight word: the first (one input channel) by shifting,
-    # the 5x5 one over 8 channels with the second pixel's own padding check
+    # the second pixel's last tap of each kernel row peeked from the first's word (28-byte rows, even
+    # columns: never the last byte of a word), the 5x5 one over 8 channels with the second pixel's own
+    # padding check
     assert c.config.pixels == 2
     assert [(d.pair, d.pair_shift, d.check) for d in c.image.layers] == [
-        (1, 1, 1), (0, 0, 0), (1, 0, 1), (0, 0, 0), (0, 0, 0)]
+        (1, 2, 1), (0, 0, 0), (1, 0, 1), (0, 0, 0), (0, 0, 0)]
+    assert (c.image.layers[0].kw, c.image.layers[0].k) == (5, 25)
     res = simulate_model(c, xs)
     np.testing.assert_array_equal(res.outputs, golden_outputs(c, xs))
     qmodel, _ = quantize_float(onnx.load(datasets.mnist8_path()), calib)

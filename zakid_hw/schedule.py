@@ -459,20 +459,22 @@ def pairable(layer: Layer, src: View, dst: View, lanes: int, pixels: int) -> boo
     - "row": any kernel, padding and dilation with column stride 1 and an even number of output columns:
       pixel B is A's right neighbour, its window A's shifted one input column (B's own padding check);
     - "shift": the same with one input channel and column dilation 1: B's tap at kernel column kx is A's at
-      kx + 1, so A's loop takes one more column (with zero weights) and B takes A's code a step later.
+      kx + 1, so B takes the code A takes a step later, and A's loop takes one more column (with zero
+      weights) for B's last tap; or "peek" (:func:`shift_peeks`): B takes its last tap from A's input word.
 
     "line" and "row" need whole memory words per input pixel (the second pixel's word is read in the cycle
     after the first's and both are held while their ``lanes`` bytes are used)."""
-    form = pair_form(layer)
+    form = pair_form(layer, src, lanes)
     if not (pixels == 2 and layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
             and form is not None and pair_steps(layer, form) >= 2 * lanes):
         return False
-    return form == "shift" or (layer.geometry["c_in"] % lanes == 0 and src.storage.pitch % lanes == 0
-                               and src.offset % lanes == 0)
+    return form in ("shift", "peek") or (layer.geometry["c_in"] % lanes == 0 and src.storage.pitch % lanes == 0
+                                         and src.offset % lanes == 0)
 
 
-def pair_form(layer: Layer) -> str | None:
-    """How a convolution's output pixels pair up (see :func:`pairable`): "line", "row", "shift" or None."""
+def pair_form(layer: Layer, src: View | None = None, lanes: int = 0) -> str | None:
+    """How a convolution's output pixels pair up (see :func:`pairable`): "line", "row", "shift", "peek"
+    (with its input ``src`` in a memory of ``lanes``-byte words) or None."""
     g = layer.geometry
     if (g["kh"] == g["kw"] == g["sy"] == g["sx"] == 1 and g["pt"] == g["pl"] == 0
             and (g["oh"], g["ow"]) == (g["h"], g["w"])):
@@ -480,8 +482,28 @@ def pair_form(layer: Layer) -> str | None:
     if g["sx"] != 1 or g["ow"] % 2:
         return None
     if g["c_in"] == 1:
-        return "shift" if g["dx"] == 1 else None
+        if g["dx"] != 1:
+            return None
+        return "peek" if src is not None and shift_peeks(layer, src, lanes) else "shift"
     return "row"
+
+
+def shift_peeks(layer: Layer, src: View, lanes: int) -> bool:
+    """Whether a "shift" pair's bank B can take its tap at the last kernel column (A's one input column
+    on, which A never reads) from the input word A reads for its own last column: the input's pixels are
+    single bytes, the kernel is at least two columns wide (the word is held for bank B until the next
+    kernel row's last column), and for every pair and kernel row where B's tap lies inside the input,
+    A's byte and the next lie in one word. Then A's loop walks the kernel's own columns."""
+    g = layer.geometry
+    if src.storage.pitch != 1 or g["kw"] < 2 or lanes < 2:
+        return False
+    base = src.storage.base + src.offset
+    iy = (np.arange(g["oh"])[:, None] * g["sy"] - g["pt"] + np.arange(g["kh"])[None, :] * g["dy"]).ravel()
+    iy = iy[(iy >= 0) & (iy < g["h"])]
+    ix_b = np.arange(0, g["ow"], 2) - g["pl"] + g["kw"]  # B's last tap (column stride and dilation 1)
+    ix_b = ix_b[(ix_b >= 0) & (ix_b < g["w"])]
+    a = base + iy[:, None] * g["w"] + ix_b[None, :] - 1  # A's byte (its tap may lie left of the input)
+    return bool(np.all(a // lanes == (a + 1) // lanes))
 
 
 def kernel_columns(layer: Layer, form: str | None) -> int:
@@ -496,9 +518,9 @@ def pair_steps(layer: Layer, form: str | None) -> int:
 
 
 def pads_pixel_b(descs) -> bool:
-    """Whether bank B needs its own padding check: some "row" pair layer pads (a "line" pair never pads,
-    a "shift" pair takes bank A's codes, padding included)."""
-    return any(d.pair and d.check and not d.pair_shift for d in descs)
+    """Whether bank B needs its own padding check: some "row" or "peek" pair layer pads (a "line" pair
+    never pads, a "shift" pair takes bank A's codes, padding included)."""
+    return any(d.pair and d.check and d.pair_shift != 1 for d in descs)
 
 
 def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, pair: bool = False) -> int:
@@ -664,7 +686,9 @@ class LayerDescriptor:
     b_last: int = 0     # pair layers: 1 if the last pair's B pixel exists (an even pixel count)
     pair_in: int = 0    # pair layers: bytes from pixel A's input to pixel B's
     pair_out: int = 0   # pair layers: bytes from pixel A's output to pixel B's
-    pair_shift: int = 0  # "shift" pair layers (see pairable): bank B takes bank A's code of the next step
+    pair_shift: int = 0  # "shift" pair layers (see pairable): bank B takes bank A's code of the next step;
+                         # 1: A walks one more kernel column, 2 ("peek"): B takes its last column's code
+                         # from A's input word
 
     @property
     def step_pixels(self) -> int:
@@ -774,7 +798,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         dst = program.views[l.output]
         groups = -(-l.n // lanes)
         pair = pairable(l, src, dst, lanes, program.pixels)
-        form = pair_form(l) if pair else None
+        form = pair_form(l, src, lanes) if pair else None
         kw = kernel_columns(l, form)
         w = np.zeros((groups * lanes, g["kh"], kw, l.k // (g["kh"] * g["kw"])), np.int64)
         w[: l.n, :, :g["kw"]] = l.weight.reshape(l.n, g["kh"], g["kw"], -1)
@@ -811,7 +835,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
                     out_pitch=o_pitch)
         if form == "line":
             loop.update(oh=1, ow=-(-l.pixels // 2), inc_ox=2 * pitch, inc_oy=0, out_pitch=2 * o_pitch)
-        elif form in ("row", "shift"):
+        elif form in ("row", "shift", "peek"):
             loop.update(ow=g["ow"] // 2, sx=2, inc_ox=2 * pitch, out_pitch=2 * o_pitch)
         descs.append(LayerDescriptor(
             chan=int(l.channel_mode), is_max=int(l.kind == "maxpool"), in_signed=int(l.in_dtype == "int8"),
@@ -825,7 +849,7 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             raw_bytes=dst.storage.value_bytes if l.raw else 0,
             out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1),
             pair=int(pair), b_last=int(pair and l.pixels % 2 == 0), pair_in=pitch if form in ("line", "row") else 0,
-            pair_out=o_pitch if pair else 0, pair_shift=int(form == "shift")))
+            pair_out=o_pitch if pair else 0, pair_shift={"shift": 1, "peek": 2}.get(form, 0)))
         for gi in range(groups):
             for j in range(k):
                 weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, j]])
