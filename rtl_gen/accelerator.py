@@ -12,7 +12,7 @@ from .mac_array import MacArray
 from .requantizer import AffineRequantizer, ThresholdRequantizer
 from .spram import SpramMemory
 from zakid_hw.flash_image import pack_words
-from zakid_hw.schedule import pads_pixel_b
+from zakid_hw.schedule import pads_pixel_b, peeks
 
 
 def weight_word_values(image) -> list[int]:
@@ -219,7 +219,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += word_b.eq(a_rd.data)
             s3 = dict(sel=Signal.like(sel), layer=Signal.like(lay))
             sel_b = s2["sel"]
-            peek = any(x.pair_shift == 2 for x in descs)
+            peek = peeks(descs)
             if peek:
                 # a "peek" pair layer: B's tap at the last kernel column is the byte after A's, in the word
                 # A read there (rd_b); that step's flag follows it down the pipeline

@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from zakid_hw.schedule import group_turn, pads_pixel_b
+from zakid_hw.schedule import group_turn, pads_pixel_b, peeks
 
 #: descriptor fields the controller latches at the start of each layer (see
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
@@ -101,7 +101,7 @@ class Controller(wiring.Component):
         # were the longest paths of the smaller designs)
         # the running layer's descriptor, latched from a constant table
         # loop bounds are kept as "last index" (count - 1) so that the end tests are plain equalities
-        peek = any(x.pair_shift == 2 for x in d)  # some "peek" pair layer (schedule.shift_peeks)
+        peek = peeks(d)
         fields = FIELDS + ("pair_shift",) * peek
         minus = {f: int(f in LOOP_COUNTS) for f in fields}
         table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in fields}

@@ -464,12 +464,20 @@ def pairable(layer: Layer, src: View, dst: View, lanes: int, pixels: int) -> boo
 
     "line" and "row" need whole memory words per input pixel (the second pixel's word is read in the cycle
     after the first's and both are held while their ``lanes`` bytes are used)."""
+    return paired_form(layer, src, lanes, pixels) is not None
+
+
+def paired_form(layer: Layer, src: View, lanes: int, pixels: int) -> str | None:
+    """The form a layer's pixels pair up in (:func:`pair_form`) if it runs two output pixels at once
+    (:func:`pairable`), else None."""
     form = pair_form(layer, src, lanes)
     if not (pixels == 2 and layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
             and form is not None and pair_steps(layer, form) >= 2 * lanes):
-        return False
-    return form in ("shift", "peek") or (layer.geometry["c_in"] % lanes == 0 and src.storage.pitch % lanes == 0
-                                         and src.offset % lanes == 0)
+        return None
+    if form in ("shift", "peek") or (layer.geometry["c_in"] % lanes == 0 and src.storage.pitch % lanes == 0
+                                     and src.offset % lanes == 0):
+        return form
+    return None
 
 
 def pair_form(layer: Layer, src: View | None = None, lanes: int = 0) -> str | None:
@@ -515,6 +523,12 @@ def kernel_columns(layer: Layer, form: str | None) -> int:
 def pair_steps(layer: Layer, form: str | None) -> int:
     """MAC steps per lane group (see :func:`kernel_columns`)."""
     return layer.k // layer.geometry["kw"] * kernel_columns(layer, form)
+
+
+def peeks(descs) -> bool:
+    """Whether some layer is a "peek" pair (:func:`shift_peeks`), so the controller and bank B carry its
+    last-column logic."""
+    return any(d.pair_shift == 2 for d in descs)
 
 
 def pads_pixel_b(descs) -> bool:
@@ -797,8 +811,8 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         src = program.views[l.inputs[0]]
         dst = program.views[l.output]
         groups = -(-l.n // lanes)
-        pair = pairable(l, src, dst, lanes, program.pixels)
-        form = pair_form(l, src, lanes) if pair else None
+        form = paired_form(l, src, lanes, program.pixels)
+        pair = form is not None
         kw = kernel_columns(l, form)
         w = np.zeros((groups * lanes, g["kh"], kw, l.k // (g["kh"] * g["kw"])), np.int64)
         w[: l.n, :, :g["kw"]] = l.weight.reshape(l.n, g["kh"], g["kw"], -1)
