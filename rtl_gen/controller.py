@@ -58,8 +58,8 @@ class Controller(wiring.Component):
     address and lane count from registers loaded at the group's last step, so two groups' last steps are
     at least :data:`zakid_hw.schedule.GROUP_SPACING` cycles apart. So a group of ``k`` steps opens right
     after the group before when ``k >= t``, ``t = max(n, GROUP_SPACING)`` of that group
-    (:func:`zakid_hw.schedule.group_turn`), and otherwise waits (state GROUP) until ``t - k`` cycles have
-    passed, opening the cycle after. After a layer's last step the controller loads the next layer's
+    (:func:`zakid_hw.schedule.group_turn`), and otherwise waits ``t - k`` cycles (state GROUP), so that
+    its last step comes ``t`` cycles after the group before's. After a layer's last step the controller loads the next layer's
     descriptor, sets up its counters and starts it the layer's ``tail`` cycles later (see
     :func:`zakid_hw.schedule.layer_tails`: when everything is written, or earlier for a dense layer that
     chains); after the last layer's tail it signals ``done``. The first layer's set-up is done while idle.
@@ -226,8 +226,8 @@ class Controller(wiring.Component):
                 with m.Else():  # the group's last step
                     m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh"), *restart("k")]
                     gw = Mux(end["groups"], cfg_wait_last, cfg_wait_full)
-                    with m.If(gw != 0):
-                        m.d.sync += [gwait.eq(gw), gwait_end.eq(0)]
+                    with m.If(gw != 0):  # GROUP for gw cycles, then the next group's first step
+                        m.d.sync += [gwait.eq(gw - 1), gwait_end.eq(gw == 1)]
                         m.next = "GROUP"
                     with m.If(~end["groups"]):
                         m.d.sync += [*step("groups"), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]),

@@ -942,7 +942,7 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
                     if t < may:
                         if g == p == 0:
                             raise AssertionError(f"layer {i} starts before the drain is free")  # see chain_gaps
-                        t = may + 1  # a group that waited opens the cycle after it may
+                        t = may
                 last_step = t + desc.k - 1
                 prev = (last_step, group_turn(n))
                 t = last_step + 1
@@ -998,8 +998,7 @@ def layer_cycles(image: AccelImage) -> list[int]:
     ``PIPELINE_TO_DRAIN`` cycles after its last step and leave it one lane (or raw byte) per cycle, and
     consecutive groups' last steps are at least ``GROUP_SPACING`` cycles apart, so a group of k steps after
     one of n lanes opens right after it only when k >= t = max(n, GROUP_SPACING) (:func:`group_turn`);
-    otherwise it may open t - k cycles later and does so the cycle after (the group before may be the
-    previous layer's); lane l's code is written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after
+    otherwise it opens t - k cycles later (the group before may be the previous layer's); lane l's code is written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after
     that step. After the last group the next layer starts ``chain_gap`` cycles after the last step, or once
     the drain is empty and the requantizer has finished."""
     return _timeline(image.layers, image.lanes, image.requant_latency)[0]
