@@ -84,7 +84,8 @@ def recorded() -> list[dict]:
         key = next(v for k, v in BENCH_NAMES.items() if r["model"].startswith(k))
         rows.append({"key": key, "measured": r["measured"],
                      "options": dict(device=r["device"], lanes=r["lanes"], dsp_pack=r["dsp_pack"],
-                                     pixels=r.get("pixels", 1), weights=r["weights"], requantizer=r["requantizer"])})
+                                     pixels=r.get("pixels", 1), weights=r["weights"], requantizer=r["requantizer"],
+                                     batch=r.get("batch", 1))})
     return rows
 
 

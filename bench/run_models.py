@@ -53,6 +53,9 @@ def cases():
         # the same design placed and routed with 4 seeds, two at a time (the best kept)
         ("digits 64-16-10 MLP (int8 QOperator), --seeds 4", ROOT / "examples/digits/digits_mlp_int8.onnx",
          None, np.load(ROOT / "examples/digits/digits_x.npy")[:4], {"seeds": 4}),
+        # eight inferences per run (--batch 8): cycles, MAC steps, roofline and latency are per run of 8
+        ("digits 64-16-10 MLP (int8 QOperator), --batch 8", ROOT / "examples/digits/digits_mlp_int8.onnx",
+         None, np.load(ROOT / "examples/digits/digits_x.npy")[:16], {"batch": 8}),
         ("mnist-8 CNN (float + 100 calibration images)", datasets.mnist8_path(), calib, mnist_inputs(np.arange(4))[0]),
         ("TFC-w2a2 (QONNX, 2-bit)", TFC / "TFC_2W2A.onnx", None,
          np.load(TFC / "tfc_mnist_input.npy").astype(np.float32)[None] / 255),
@@ -62,6 +65,9 @@ def cases():
          np.load(MODELS / "kws_calib.npy"), np.load(MODELS / "kws_x.npy")[:2]),
         ("dense autoencoder 640-64-64-8-64-64-640 (float + calibration)", MODELS / "ad_autoencoder_small.onnx",
          np.load(MODELS / "ad_calib.npy"), np.load(MODELS / "ad_x.npy")[:2]),
+        # two inferences per run: each weight word read from SPRAM serves both (--pixels 2 on the batch)
+        ("dense autoencoder 640-64-64-8-64-64-640 (float + calibration), --batch 2", MODELS / "ad_autoencoder_small.onnx",
+         np.load(MODELS / "ad_calib.npy"), np.load(MODELS / "ad_x.npy")[:4], {"batch": 2}),
     ]
 
 
@@ -99,12 +105,14 @@ def run(name, path, calib, xs, opts=None, device="up5k"):
     roofline = sum(cost_model.layer_rooflines(c.config, c.image, c.memories, c.program.layers))
     row.update(macs=c.program.macs, lanes=c.config.lanes, dsp_lanes=c.config.dsp_lanes, dsp_pack=c.config.dsp_pack,
                pixels=c.config.pixels,
-               cycles_per_inference=res.cycles[0], mac_steps=sum(schedule.layer_steps(c.image)), roofline_cycles=roofline,
+               batch=c.program.batch, cycles_per_run=res.cycles[0],
+               cycles_per_inference=res.cycles[0] if c.program.batch == 1 else round(res.cycles[0] / c.program.batch, 3),
+               mac_steps=sum(schedule.layer_steps(c.image)), roofline_cycles=roofline,
                device_limit_cycles=-(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
                rtl_equals_golden=exact, weights=c.memories["weights"]["place"], requantizer=c.image.requantizer,
                layers=[l.kind for l in c.program.layers],
                terms=cost_model.lc_terms(c.image, c.config, c.memories), predicted=c.predicted)
-    row["efficiency"] = round(row["roofline_cycles"] / row["cycles_per_inference"], 3)
+    row["efficiency"] = round(row["roofline_cycles"] / row["cycles_per_run"], 3)
     if fits is not None:
         row["fits"] = False
         row["fit_check"] = fits
@@ -175,8 +183,10 @@ def table(rows) -> list[str]:
              "clock MHz | Fmax MHz | latency µs | inf/s | LC | DSP | EBR | SPRAM | weights | build s |",
              "|" + "---|" * 18]
     for r in rows:
+        n = r.get("batch", 1)
+        cycles = r["cycles_per_inference"] if n == 1 else f"{r['cycles_per_run']} per {n} ({r['cycles_per_inference']:g} each)"
         head = (f"| {r['model']} | {r['macs']} | {r['lanes']} ({r.get('dsp_lanes', '?')}, {r.get('dsp_pack', 1)}) | "
-                f"{r['cycles_per_inference']} | {r['mac_steps']} | {r['roofline_cycles']} | {r['efficiency']:.0%} | "
+                f"{cycles} | {r['mac_steps']} | {r['roofline_cycles']} | {r['efficiency']:.0%} | "
                 f"{r['device_limit_cycles']} |")
         if r.get("fits"):
             lines.append(f"{head} {r['clock_mhz']} | {r['fmax_mhz']} | {r['latency_us']} | "
@@ -207,7 +217,8 @@ def write(out):
               "/ cycles. MAC steps: the cycles in which the MAC array takes a step (the cycle model's count); in the "
               "others it waits: the start cycle, a lane group's turn at the drain, outputs that the next layer reads "
               "(through the pipeline and the requantizer), the last outputs. Build s: ONNX to bitstream, RTL "
-              "verification included, on this 2-core machine.",
+              "verification included, on this 2-core machine. A row with --batch N runs N inferences at once: its "
+              "MACs, cycles, MAC steps, roofline, device limit and latency are per run of N, inf/s per inference.",
               "", "Cycles come from RTL simulation and equal the cycle model; every row's RTL outputs equal the "
               "golden model (`rtl_equals_golden` in the JSON)."]
     (ROOT / "bench" / "models_results.md").write_text("\n".join(lines) + "\n")

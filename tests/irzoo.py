@@ -195,3 +195,28 @@ def cnn_raw(rng, dtype="int8"):
     acc = b._acc("dense", [b.flatten(t)], dict(weight=w, w_zp=0, x_zp=b.tensors[t].zero_point,
                                               bias=b.rng.integers(-2000, 2000, 5)))
     return b.graph(acc)
+
+
+def mlp_b(rng, dtype="int8"):
+    """dense layers for batches of inferences (schedule.make_program's batch): 24 -> 12 (more outputs than
+    4 lanes), 12 -> 4 (fewer steps than the pipeline takes, so each layer's start waits for the last
+    pixel of the one before), a residual add, and a last layer that hands its raw accumulators to the host."""
+    b = IRBuilder(rng, (1, 24), dtype, "mlp_b")
+    a = b.dense("x", 12, relu=True)
+    c = b.dense(a, 4)
+    s = b.add(c, b.dense(c, 4, out_dtype=b.tensors[c].dtype))
+    w = b.rng.integers(-60, 61, (3, 4))
+    acc = b._acc("dense", [s], dict(weight=w, w_zp=0, x_zp=b.tensors[s].zero_point,
+                                    bias=b.rng.integers(-2000, 2000, 3)))
+    return b.graph(acc)
+
+
+def mlp_p(rng, dtype="int8"):
+    """dense layers whose batches pair up with 4 lanes (schedule.pair_form "line": inputs a multiple of the
+    lanes, at least twice as many steps as lanes): 24 -> 12 -> 8, then 3 raw accumulators."""
+    b = IRBuilder(rng, (1, 24), dtype, "mlp_p")
+    t = b.dense(b.dense("x", 12, relu=True), 8)
+    w = b.rng.integers(-60, 61, (3, 8))
+    acc = b._acc("dense", [t], dict(weight=w, w_zp=0, x_zp=b.tensors[t].zero_point,
+                                    bias=b.rng.integers(-2000, 2000, 3)))
+    return b.graph(acc)

@@ -19,6 +19,8 @@ from zakid_hw.simulate import signed_codes
     (irzoo.cnn_c, 8, 8, "uint8", "affine", 1),
     (irzoo.cnn_raw, 4, 4, "uint8", "affine", 1),
     (irzoo.cnn_pw, 4, 4, "uint8", "tables", 2),  # three pointwise layers on two pixels at once
+    (irzoo.cnn_pw, 4, 4, "int8", "affine", 1),  # the same one pixel at a time: each starts while the layer
+                                                # before drains (schedule.can_chain)
     (irzoo.cnn_pk, 4, 4, "int8", "tables", 2),  # three convolutions with kernels and padding, the same
     (irzoo.cnn_pk, 4, 4, "uint8", "affine", 2),
     (irzoo.cnn_ps, 4, 4, "int8", "tables", 2),  # a one-channel convolution on pairs by shifting, B's last
@@ -34,7 +36,7 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pix
     xs = rng.integers(lo, hi + 1, (6, *g.tensors[g.inputs[0]].shape[1:]))
     xs[0] = lo
     xs[1] = hi
-    rows = np.stack([prog.to_codes(x) for x in xs])
+    rows = np.stack([prog.to_codes(xs[i:i + 1]) for i in range(len(xs))])
     config = AccelConfig(lanes=lanes, dsp_lanes=dsp_lanes, dsp_pack=pixels, pixels=pixels)
     res = run_core(prog, config, rows, tmp_path, requantizer)
     got = signed_codes(res["outputs"], prog.out_code_dtype)
@@ -42,7 +44,9 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pix
     np.testing.assert_array_equal(got, want)
     image = schedule.memory_image(prog, lanes, requantizer)
     assert set(res["cycles"]) == {schedule.cycles_per_inference(image)}
-    if make is irzoo.cnn_pw:
+    if make is irzoo.cnn_pw and pixels == 1:
+        assert [bool(d.chain_gap) for d in image.layers] == [False, False, True, False, True, False]
+    elif make is irzoo.cnn_pw:
         assert [d.pair for d in image.layers] == [1, 0, 1, 0, 1, 0]
         assert [d.b_last for d in image.layers if d.pair] == [0, 0, 1]
     elif make is irzoo.cnn_pk:

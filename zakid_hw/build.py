@@ -161,11 +161,14 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
 
 
 def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
+    """The build's report; ``cycles`` per run (of ``batch`` inferences; cycles, steps and rooflines are per run,
+    ``cycles_per_inference`` and ``inferences_per_s`` per inference)."""
     clock = c.config.clock_mhz
+    batch = c.program.batch
     latency_us = cycles / clock
-    bytes_per_inference = 1 + c.program.in_len + 1 + c.program.out_len + 4
+    bytes_per_run = 1 + c.program.in_len + 1 + c.program.out_len + 4
     baud = clock * 1e6 / c.config.uart_divisor
-    uart_s = bytes_per_inference * 10 / baud
+    uart_s = bytes_per_run * 10 / baud
     res = {k: {"used": v.used, "total": v.total} for k, v in synth.resources.items()
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
@@ -198,17 +201,19 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
                         "fitting": sum(d.fits for d in c.designs), "predicted_resources": c.predicted},
         "roofline_cycles": sum(l["roofline_cycles"] for l in layers),
         "device_limit_cycles": -(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
-        "cycles_per_inference": cycles,
+        "batch": batch,
+        "cycles_per_run": cycles,
+        "cycles_per_inference": cycles if batch == 1 else round(cycles / batch, 3),
         "mac_steps": sum(steps),
         "mac_bound_cycles": sum(l["mac_bound_cycles"] for l in layers),
         "clock_mhz": round(clock, 3),
         "fmax_mhz": round(synth.fmax_mhz, 2) if synth.fmax_mhz else None,
         "timing_met": synth.timing_met,
         "latency_us": round(latency_us, 3),
-        "inferences_per_s": round(1e6 / latency_us, 1),
-        "host_link": {"interface": "uart", "baud": round(baud), "bytes_per_inference": bytes_per_inference,
+        "inferences_per_s": round(batch * 1e6 / latency_us, 1),
+        "host_link": {"interface": "uart", "baud": round(baud), "bytes_per_run": bytes_per_run,
                       "transfer_ms": round(uart_s * 1e3, 3),
-                      "inferences_per_s_over_uart": round(1 / (uart_s + latency_us * 1e-6), 1)},
+                      "inferences_per_s_over_uart": round(batch / (uart_s + latency_us * 1e-6), 1)},
         "resources": res,
         "memories": c.memories,
         "weights_memory": "spram" if c.config.weights_in_spram else "ebr",
@@ -237,10 +242,12 @@ def text_report(r: dict) -> str:
         f"{', two per SB_MAC16' if r.get('dsp_pack') == 2 else ''})"
         f"{', x 2 output pixels in paired convolutions' if r.get('pixels') == 2 else ''}, clock {r['clock_mhz']} MHz "
         f"(Fmax {r['fmax_mhz']} MHz{'' if r['timing_met'] else ', TIMING NOT MET'})",
-        f"  speed:       {r['cycles_per_inference']} cycles = {r['latency_us']} us per inference, "
-        f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, device limit "
+        f"  speed:       {r['cycles_per_run']} cycles = {r['latency_us']} us per "
+        + (f"inference, " if r["batch"] == 1 else
+           f"run of {r['batch']} inferences ({r['cycles_per_inference']:g} cycles each), ")
+        + f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, device limit "
         f"{r['device_limit_cycles']})",
-        f"  cycles:      {r['mac_steps']} in MAC steps, {r['cycles_per_inference'] - r['mac_steps']} waiting (the "
+        f"  cycles:      {r['mac_steps']} in MAC steps, {r['cycles_per_run'] - r['mac_steps']} waiting (the "
         f"start; a layer's turn at the drain; outputs the next layer reads; the last outputs)",
         f"  chosen:      {'fastest' if r['exploration']['objective'] == 'latency' else 'smallest'} of "
         f"{r['exploration']['fitting']} fitting configurations of "

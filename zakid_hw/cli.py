@@ -31,6 +31,11 @@ def model_options(p: argparse.ArgumentParser) -> None:
                    help="output pixels per weight word: 2 adds a second bank of lanes that works on the next "
                         "output pixel of a convolution with the same weights (every lane in DSP blocks, two per "
                         "block); default: chosen by the exploration")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="run N inferences at once (models of dense layers): the waits between layers and for "
+                        "the last outputs come once per run instead of once per inference, so the MAC array "
+                        "idles less; a run takes more cycles, an inference fewer, and a run's results come "
+                        "together at its end (default 1)")
     p.add_argument("--objective", choices=("latency", "area"), default="latency",
                    help="what the exploration minimises among the configurations that fit (default latency)")
     p.add_argument("--clock", type=float, metavar="MHZ", help="clock frequency (default: per device)")
@@ -105,7 +110,7 @@ def compile_from_args(a, model):
     calib = load_npy(a.calibration, "calibration") if a.calibration else None
     return compile_model(model, calibration=calib, fpga=a.fpga, device=a.device, board=a.board,
                          lanes=a.lanes, dsp_pack=a.dsp_pack, pixels=a.pixels, clock_mhz=a.clock, baud=a.baud, weights=a.weights,
-                         requantizer=a.requantizer, objective=a.objective,
+                         requantizer=a.requantizer, objective=a.objective, batch=a.batch,
                          check_fit=not getattr(a, "ignore_fit", False) and a.command != "explore")
 
 
@@ -129,9 +134,13 @@ def cmd_sim(a) -> int:
     if a.output:
         save_npy(a.output, res.outputs.astype(np.float32 if res.outputs.dtype.kind == "f" else np.int64))
     cyc = sorted(set(res.cycles))
-    print(f"simulated {len(res.cycles)} inferences of {Path(a.model).name} "
+    n = c.program.batch
+    per_run = cyc[0] if len(cyc) == 1 else cyc
+    print(f"simulated {len(xs)} inferences of {Path(a.model).name} "
           f"({'whole design over UART' if a.uart else 'accelerator core'}): "
-          f"{cyc[0] if len(cyc) == 1 else cyc} cycles per inference")
+          + (f"{per_run} cycles per inference" if n == 1 else
+             f"{len(res.cycles)} runs of {n}, {per_run} cycles per run"
+             + (f" ({cyc[0] / n:g} per inference)" if len(cyc) == 1 else "")))
     if a.check:
         want = golden_outputs(c, xs)
         bad = int(np.sum(res.outputs.reshape(want.shape) != want))
@@ -153,7 +162,8 @@ def cmd_explore(a) -> int:
           f"latency at each design's automatic clock ({' or '.join(f'{f:g}' for f in clocks)} MHz by predicted size)")
     print(f"{len(c.designs)} configurations of {Path(a.model).name} for {c.board.device.part}, {fits} fit; "
           f"{at}; LC predicted by the cost model (P: Pareto front, *: what build takes with "
-          f"--objective {c.objective})")
+          f"--objective {c.objective})"
+          + (f"; cycles and latency per run of {c.program.batch} inferences" if c.program.batch > 1 else ""))
     print(explore.table(shown, chosen), end="")
     if not fits:
         print("no configuration fits the device; the problems of each are in the last column (--all)")
@@ -183,15 +193,17 @@ def cmd_run(a) -> int:
         weights = rep.get("weights_memory", "ebr")
         dsp_pack = rep.get("dsp_pack", 1)
         pixels = rep.get("pixels", 1)
+        batch = rep.get("batch", 1)
         requantizer = rep.get("requantizer", "tables")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ZakidError(f"{rep_path} is not a report written by 'zakid-hw build' ({type(e).__name__}: {e}); "
                          f"rebuild {bdir} with 'zakid-hw build'") from None
     calib = load_npy(bdir / "calibration.npy", "calibration") if (bdir / "calibration.npy").exists() else None
     c = compile_model(bdir / "model.onnx", calibration=calib, board=board, lanes=lanes, clock_mhz=clock,
-                      weights=weights, requantizer=requantizer, dsp_pack=dsp_pack, pixels=pixels)
-    from .simulate import to_codes
-    codes = to_codes(c, load_npy(a.input, "input"))
+                      weights=weights, requantizer=requantizer, dsp_pack=dsp_pack, pixels=pixels, batch=batch)
+    from .simulate import from_codes, to_codes
+    xs = load_npy(a.input, "input")
+    codes = to_codes(c, xs)
     with protocol.SerialLink(a.port, baudrate=baud) as link:
         drv = protocol.Driver(link, in_dtype=c.in_dtype, out_dtype=c.out_dtype, timeout=a.timeout)
         info = drv.info()
@@ -201,12 +213,14 @@ def cmd_run(a) -> int:
         outs, cycles = [], []
         for row in codes:
             out, cyc = drv.infer(row)
-            outs.append(c.program.from_codes(out))
+            outs.append(out)
             cycles.append(cyc)
-    outputs = np.stack(outs) if outs else np.zeros((0,))
+    outputs = from_codes(c, outs, len(xs))
     if a.output:
         save_npy(a.output, outputs)
-    print(f"ran {len(cycles)} inferences on {a.port}: {sorted(set(cycles))} cycles per inference")
+    runs = f" in {len(cycles)} runs of {c.program.batch}" if c.program.batch > 1 else ""
+    print(f"ran {len(xs)} inferences{runs} on {a.port}: {sorted(set(cycles))} cycles per "
+          f"{'run' if runs else 'inference'}")
     return 0
 
 

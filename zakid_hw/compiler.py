@@ -98,13 +98,14 @@ def default_lanes(board: Board, program: schedule.Program) -> int:
 
 def compile_model(model_path, *, calibration=None, fpga=None, device=None, board=None, lanes=None,
                   dsp_pack=None, clock_mhz=None, baud=DEFAULT_BAUD, uart_divisor=None, weights="auto",
-                  requantizer="auto", objective="latency", check_fit=True, pixels=None) -> Compiled:
+                  requantizer="auto", objective="latency", check_fit=True, pixels=None, batch=1) -> Compiled:
     """Import, lower and schedule a model, and pick its configuration for a board: every candidate
     configuration (:mod:`zakid_hw.explore`) is costed and the fastest that fits (``objective="latency"``) or
     the smallest (``"area"``) is taken. ``lanes``, ``dsp_pack`` (1 or 2 int8 products per DSP block),
     ``pixels`` (1 or 2 output pixels per weight word), ``weights`` ("ebr" or "spram") and ``requantizer`` ("tables" or "affine", see
     :mod:`zakid_hw.threshold_tables`) pin a dimension instead ("auto" or None leaves it open).
-    ``check_fit=False`` lets a design that is too big for the device still be simulated."""
+    ``check_fit=False`` lets a design that is too big for the device still be simulated. ``batch`` > 1 builds
+    for runs of that many inferences at once (models of dense layers; see :func:`schedule.make_program`)."""
     brd = select_board(fpga, device, board)  # check names before the (slower) import
     if baud is None or not baud > 0:
         raise ZakidError(f"--baud must be a positive UART baud rate (e.g. 115200), got {baud}")
@@ -119,14 +120,14 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
     explore.order_key(objective)  # checks the name
     graph = load_model(model_path, calibration=calibration)
     lowered = passes.lower_for_hardware(graph)
-    sketch = schedule.make_program(lowered, 1)  # the layers, before the lane count is known
+    sketch = schedule.make_program(lowered, 1, batch=batch)  # the layers, before the lane count is known
     clock_auto = clock_mhz is None and uart_divisor is None
     f_actual, divisor = clock_and_divisor(brd, DEFAULT_CLOCK_MHZ.get(brd.device.name, brd.osc_mhz)
                                           if clock_mhz is None else float(clock_mhz), baud, uart_divisor)
     base = AccelConfig(clock_mhz=f_actual, uart_divisor=divisor)
     cands = explore.candidates(brd, sketch, lanes=lanes, dsp_pack=dsp_pack, weights=weights,
                                requantizer=requantizer, low_bit=low_bit(sketch), pixels=pixels)
-    designs = explore.evaluate(brd, lowered, cands, base_config=base, clock_for=(
+    designs = explore.evaluate(brd, lowered, cands, base_config=base, batch=batch, clock_for=(
         (lambda lc: clock_and_divisor(brd, automatic_clock_mhz(brd, lc), baud)) if clock_auto else None))
     if not designs:
         raise ZakidError("--pixels 2: no layer of this model can run two output pixels at once (that needs a "
@@ -145,8 +146,10 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
         best = min(designs, key=lambda d: (d.candidate.lanes != n, d.candidate.dsp_pack, d.candidate.pixels, len(d.problems),
                                            d.resources["ebr"]))
         if check_fit:
+            hint = (f" With --batch {batch} the activations of {batch} inferences are kept at once: a smaller "
+                    "batch needs less memory." if batch > 1 else "")
             raise ZakidError(f"The model does not fit the {brd.device.part} on board {brd.name}: "
-                             + "; ".join(best.problems) + ".")
+                             + "; ".join(best.problems) + "." + hint)
     return Compiled(str(model_path), graph, lowered, best.program, best.image, best.config, brd, best.plan,
                     signature_of(best.image), clock_auto=clock_auto, baud=baud,
                     designs=designs, chosen=best, objective=objective)

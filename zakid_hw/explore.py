@@ -121,18 +121,19 @@ def candidates(board, program, *, lanes=None, dsp_pack=None, weights="auto", req
     return out
 
 
-def evaluate(board, lowered, cands, *, base_config: AccelConfig, clock_for=None) -> list[Design]:
+def evaluate(board, lowered, cands, *, base_config: AccelConfig, clock_for=None, batch: int = 1) -> list[Design]:
     """Cycles, resources and fit problems of each candidate. Candidates that differ only in DSP packing
     share their image, cycles and memory plan (each is worked out once). Two-pixel candidates of a model
     with no layer that can pair (:func:`zakid_hw.schedule.pairable`) are left out.
 
     Every design runs at ``base_config``'s clock, or with ``clock_for`` (no clock asked for) at
-    ``clock_for(predicted logic cells)``, a ``(clock_mhz, uart_divisor)`` pair."""
+    ``clock_for(predicted logic cells)``, a ``(clock_mhz, uart_divisor)`` pair. Cycles are per run of ``batch``
+    inferences."""
     programs, images, cycles, plans, designs = {}, {}, {}, {}, []
     for c in cands:
         pk = (c.lanes, c.pixels)
         if pk not in programs:
-            programs[pk] = schedule.make_program(lowered, c.lanes, c.pixels)
+            programs[pk] = schedule.make_program(lowered, c.lanes, c.pixels, batch)
         key = (c.lanes, c.pixels, c.requantizer)
         if key not in images:
             images[key] = schedule.memory_image(programs[pk], c.lanes, c.requantizer)

@@ -147,6 +147,7 @@ class Program:
     storages: list = field(default_factory=list)    # every Storage, allocated
     act_bytes: int = 0        # bytes of activation memory the storages need
     pixels: int = 1           # output pixels per weight word (2: pairable layers run two pixels at once)
+    batch: int = 1            # inferences per run (see make_program)
 
     @property
     def in_storage(self) -> Storage:
@@ -178,29 +179,47 @@ class Program:
         """Bits of the widest weight of any layer (two's complement)."""
         return max(signed_bits(int(l.weight.min()), int(l.weight.max())) for l in self.layers)
 
-    def to_codes(self, x: np.ndarray) -> np.ndarray:
-        """Host side before the accelerator: model input (one row) -> the input storage's bytes."""
-        env = {self.graph.inputs[0]: np.asarray(x).reshape(self.graph.tensors[self.graph.inputs[0]].shape)}
-        for node in self.host_pre:
-            env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-        return to_storage(env[self.accel_in], self.in_storage)
+    def to_codes(self, xs) -> np.ndarray:
+        """Host side before the accelerator: ``batch`` model inputs (first axis indexes inferences) -> the
+        input storage's bytes (inference i in pixel i of a batch)."""
+        xs = np.asarray(xs)
+        if len(xs) != self.batch:
+            raise ValueError(f"a run takes {self.batch} inputs, got {len(xs)}")
+        vals = []
+        for x in xs:
+            env = {self.graph.inputs[0]: x.reshape(self.graph.tensors[self.graph.inputs[0]].shape)}
+            for node in self.host_pre:
+                env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
+            vals.append(np.asarray(env[self.accel_in]).reshape(-1))
+        return to_storage(np.stack(vals, axis=-1), self.in_storage)
+
+    def _split(self, codes: np.ndarray, tensor: str) -> list[np.ndarray]:
+        """Storage bytes -> the tensor of each inference of the run."""
+        vals = from_storage(codes, self.views[tensor].storage).reshape(-1, self.batch)
+        return [vals[:, i].reshape(self.graph.tensors[tensor].shape) for i in range(self.batch)]
 
     def accel_golden(self, codes: np.ndarray) -> np.ndarray:
-        """What the accelerator must compute: input storage bytes -> output storage bytes (golden model)."""
-        t = self.graph.tensors[self.accel_in]
-        env = {self.accel_in: from_storage(codes, self.in_storage).reshape(t.shape)}
-        for node in self.graph.nodes:
-            if node not in self.host_pre and node not in self.host_post:
-                env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-        return to_storage(env[self.accel_out], self.out_storage)
+        """What the accelerator must compute: input storage bytes -> output storage bytes (the golden model,
+        once per inference of the run)."""
+        outs = []
+        for x in self._split(codes, self.accel_in):
+            env = {self.accel_in: x}
+            for node in self.graph.nodes:
+                if node not in self.host_pre and node not in self.host_post:
+                    env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
+            outs.append(np.asarray(env[self.accel_out]).reshape(-1))
+        return to_storage(np.stack(outs, axis=-1), self.out_storage)
 
     def from_codes(self, codes: np.ndarray) -> np.ndarray:
-        """Host side after the accelerator: output storage bytes -> the model's output (one row)."""
-        t = self.graph.tensors[self.accel_out]
-        env = {self.accel_out: from_storage(codes, self.out_storage).reshape(t.shape)}
-        for node in self.host_post:
-            env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-        return env[self.graph.outputs[0]]
+        """Host side after the accelerator: output storage bytes -> the model's outputs, one per inference
+        of the run (first axis)."""
+        outs = []
+        for y in self._split(codes, self.accel_out):
+            env = {self.accel_out: y}
+            for node in self.host_post:
+                env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
+            outs.append(env[self.graph.outputs[0]])
+        return np.stack(outs)
 
 
 def to_storage(x: np.ndarray, s: Storage) -> np.ndarray:
@@ -229,10 +248,23 @@ def from_storage(codes: np.ndarray, s: Storage) -> np.ndarray:
 # partition
 
 
-def make_program(graph: Graph, lanes: int = 8, pixels: int = 1) -> Program:
+#: ops a batched program (``make_program(batch=N)``) may run on the accelerator: layers of vectors
+BATCH_OPS = ("dense", "threshold", "add", "concat") + VIEW_OPS
+
+
+def make_program(graph: Graph, lanes: int = 8, pixels: int = 1, batch: int = 1) -> Program:
     """Partition a lowered graph (see module docstring) for ``lanes`` lanes and ``pixels`` output pixels
     per weight word (see :class:`rtl_gen.config.AccelConfig`); a ZakidError names any node that does not
-    fit."""
+    fit.
+
+    ``batch`` > 1 runs that many inferences of a model of dense layers at once: every activation vector
+    becomes a row of ``batch`` pixels (inference i in pixel i) and every dense layer a pointwise
+    convolution over them. A layer's pixels follow each other with no wait (the drain empties one while
+    the next is summed), and a layer starts on its first pixels while the layer before still drains its
+    last (:func:`can_chain`): the waits through the pipeline come once per run instead of once per
+    inference. The host steps run per inference (:meth:`Program.to_codes`)."""
+    if not isinstance(batch, int) or batch < 1:
+        raise ZakidError(f"--batch must be a positive number of inferences, got {batch}")
     nodes = list(graph.nodes)
     i = 0
     while i < len(nodes) and nodes[i].op in HOST_PRE_OPS:
@@ -251,13 +283,16 @@ def make_program(graph: Graph, lanes: int = 8, pixels: int = 1) -> Program:
         if n.op in ("quantize", "dequantize", "affine", "softmax", "requantize", "relu", "clip"):
             raise ZakidError(f"node {n.name!r} ({n.op}) cannot run on the accelerator between its layers")
 
+    if batch > 1:
+        _check_batchable(graph, middle, accel_in, batch)
+
     views: dict[str, View] = {}
     storages: list[Storage] = []
 
     def new_storage(tensor: str) -> View:
         t = graph.tensors[tensor]
         c, h, w = storage_chw(t.shape)
-        s = Storage(tensor, c, h, w, t.dtype)
+        s = Storage(tensor, c, h, w * batch, t.dtype)
         storages.append(s)
         return View(s)
 
@@ -273,7 +308,7 @@ def make_program(graph: Graph, lanes: int = 8, pixels: int = 1) -> Program:
         if n.name in consumed:
             continue
         if n.op in VIEW_OPS:
-            views[n.outputs[0]] = _view_of(graph, n, views)
+            views[n.outputs[0]] = views[n.inputs[0]] if batch > 1 else _view_of(graph, n, views)
             continue
         if n.op == "concat":
             continue
@@ -292,7 +327,7 @@ def make_program(graph: Graph, lanes: int = 8, pixels: int = 1) -> Program:
                 out = thr.outputs[0]
         if out not in views:
             views[out] = new_storage(out)
-        layers.append(_make_layer(graph, n, thr, out, views))
+        layers.append(_make_layer(graph, n, thr, out, views, batch))
     if accel_out not in views:
         raise ZakidError(f"the accelerator's result {accel_out!r} is not produced by any of its layers")
 
@@ -317,7 +352,22 @@ def make_program(graph: Graph, lanes: int = 8, pixels: int = 1) -> Program:
             if views[t].storage.pitch != views[layer.inputs[0]].storage.pitch:
                 raise ZakidError(f"add node {layer.name!r}: its inputs are stored with different channel layouts")
     act_bytes = allocate(storages, lanes, overlaps(layers, views, lanes, pixels))
-    return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes, pixels)
+    return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes, pixels, batch)
+
+
+def _check_batchable(graph: Graph, middle: list[Node], accel_in: str, batch: int) -> None:
+    """A batch of inferences runs only on layers of vectors: every accelerator node a dense layer, its
+    requantizer, an add, a channel concat or a view, every tensor between them (1, C) or (C,)."""
+    for n in middle:
+        if n.op not in BATCH_OPS:
+            raise ZakidError(f"--batch {batch}: node {n.name!r} is a {n.op} layer; batches of inferences run on "
+                             "models whose accelerator layers are all dense (MatMul/Gemm, with adds and concats "
+                             "between them); leave out --batch for this model")
+        for t in [*n.inputs, *n.outputs]:
+            c, h, w = storage_chw(graph.tensors[t].shape)
+            if (h, w) != (1, 1):
+                raise ZakidError(f"--batch {batch}: tensor {t!r} of node {n.name!r} is a {c}x{h}x{w} feature map; "
+                                 "batches of inferences run on models of dense layers over vectors only")
 
 
 def _plan_concat(graph, n: Node, views, new_storage):
@@ -361,7 +411,7 @@ def _view_of(graph, n: Node, views) -> View:
                      "accelerator supports only reshapes that flatten a feature map or change unit axes")
 
 
-def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Layer:
+def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views, batch: int = 1) -> Layer:
     a = n.attrs
     src = views[n.inputs[0]].storage
     in_dtype = graph.tensors[n.inputs[0]].dtype
@@ -384,7 +434,12 @@ def _make_layer(graph: Graph, n: Node, thr: Node | None, out: str, views) -> Lay
                    pb=int(pb), pr=int(pr), ceil_mode=cm,
                    oh=golden.conv_out_size(src.h, int(kh), int(sy), int(pt), int(pb), int(dy), cm),
                    ow=golden.conv_out_size(src.w, int(kw), int(sx), int(pl), int(pr), int(dx), cm))
-    if n.op == "dense":
+    if n.op == "dense" and batch > 1:
+        # a batch of vectors (one inference per pixel): a pointwise convolution over the batch's pixels
+        w = np.asarray(a["weight"], np.int64)
+        geo.update(ow=src.w)
+        kind, bias = "conv", np.asarray(a["bias"], np.int64)
+    elif n.op == "dense":
         w = np.asarray(a["weight"], np.int64)
         if w.shape[1] != src.c * src.h * src.w:
             raise ZakidError(f"dense node {n.name!r} reads {w.shape[1]} values from a {src.c}x{src.h}x{src.w} tensor")
@@ -893,6 +948,8 @@ PIPELINE_TO_DRAIN = 7
 REQUANT_EXTRA = 2
 #: cycles after the last raw byte leaves the drain until the layer ends (the bias stage)
 RAW_EXTRA = 1
+#: cycles from a group's last MAC step to the write of its first raw byte (the bias stage's output)
+RAW_WRITE = PIPELINE_TO_DRAIN + RAW_EXTRA
 #: the fewest cycles from a group's last MAC step to the next group's (of any layer): the drain takes a
 #: group's output address, first channel, lane count and layer from registers the accelerator loads at
 #: the group's last step, and reads them PIPELINE_TO_DRAIN - 1 cycles later
@@ -912,12 +969,24 @@ MIN_CHAIN_GAP = 3
 
 
 def can_chain(prev: LayerDescriptor, desc: LayerDescriptor, reads_prev_output: bool) -> bool:
-    """Whether ``desc`` may start while ``prev`` still drains: it is a dense layer (step j reads byte
-    ``start + j``, so every input byte has a known first read) whose input is ``prev``'s output, ``prev``
-    is requantized (one byte per lane), and ``desc`` has at least as many steps as ``prev``'s last group
-    has lanes (so its own first write comes after all of ``prev``'s)."""
-    dense = not desc.chan and desc.kh == desc.kw == desc.oh == desc.ow == 1 and not desc.check
-    return reads_prev_output and dense and not desc.is_max and not prev.raw_bytes and desc.k >= prev.n_last
+    """Whether ``desc`` may start while ``prev`` still drains: it is a dense or pointwise layer of single
+    pixels (step j of output pixel p's groups reads byte ``start + offset(p) + j``, so every input byte has
+    a known earliest read, see :func:`_first_reads`) whose input is ``prev``'s output, ``prev`` is requantized
+    (one byte per lane), and ``desc`` has at least as many steps as ``prev``'s last group has lanes (so its
+    own first write comes after all of ``prev``'s)."""
+    pointwise = not desc.chan and desc.kh == desc.kw == 1 and not desc.check and not desc.pair
+    return reads_prev_output and pointwise and not desc.is_max and not prev.raw_bytes and desc.k >= prev.n_last
+
+
+def _first_reads(desc: LayerDescriptor):
+    """(first byte, steps before it) for each output pixel of a layer that may chain (:func:`can_chain`):
+    pixel p's first group reads bytes ``first .. first + k - 1``, step j at least ``p * groups * k + j``
+    cycles after the layer's first step (a group that waits for the drain only reads later)."""
+    p = 0
+    for oy in range(desc.oh):
+        for ox in range(desc.ow):
+            yield desc.start + oy * desc.inc_oy + ox * desc.inc_ox, p * desc.groups * desc.k
+            p += 1
 
 
 def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[list[int], list[int]]:
@@ -930,7 +999,7 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
     t, cycles, gaps = 0, [], [0]
     for i, desc in enumerate(descs):
         origin = t
-        writes = []  # (first output byte, first lane's write cycle) per group and pixel
+        writes = []  # (first output byte, first lane's write cycle, lanes) per group and pixel
         units = desc.oh * desc.ow
         for p in range(units):
             has_b = p < units - 1 or desc.b_last  # pair layers: the group's pixel B exists
@@ -947,18 +1016,27 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
                 prev = (last_step, group_turn(n))
                 t = last_step + 1
                 o, w0 = desc.out_base + p * desc.out_pitch + g * desc.out_group_step, last_step + PIPELINE_TO_DRAIN + requant_latency
-                writes.append((o, w0))
+                writes.append((o, w0, lanes_g))
                 if desc.pair and has_b:  # B's outputs follow A's through the drain
-                    writes.append((o + desc.pair_out, w0 + lanes_g))
+                    writes.append((o + desc.pair_out, w0 + lanes_g, lanes_g))
         nxt = descs[i + 1] if i + 1 < len(descs) else None
         gap = 0
         if nxt is not None and may_chain is None:
             gap = nxt.chain_gap
         elif nxt is not None and may_chain[i + 1]:
-            # step j reads byte start + j; a group's lane l (byte o + l) is written at w0 + l, in a cycle
-            # before the one that reads it when the layer starts at w0 - o + start or later
-            lo, hi = nxt.start, nxt.start + nxt.k
-            need = max((w0 - o + nxt.start for o, w0 in writes if o < hi and o + lanes > lo), default=0)
+            # pixel p's step j reads byte first + j at least before + j cycles after the layer's first step; a
+            # group's lane l (byte o + l) is written at w0 + l, in a cycle before the one that reads it when
+            # the layer starts at w0 - o + first - before or later
+            late = np.full(max(o for o, _, _ in writes) + lanes, -(1 << 40), np.int64)  # per byte: w0 - o
+            for o, w0, _ in writes:
+                late[o:o + lanes] = np.maximum(late[o:o + lanes], w0 - o)
+            need = max((int(late[max(first, 0):first + nxt.k].max(initial=-(1 << 40))) + first - before
+                        for first, before in _first_reads(nxt)), default=0)
+            if nxt.raw_bytes:
+                # its raw bytes skip the requantizer, and a write from the requantizer wins the memory port:
+                # its first (RAW_WRITE cycles after its first group's last step) must follow this layer's last
+                need = max(need, max(w0 + n - 1 for _, w0, n in writes) + 1 - (nxt.k - 1) - RAW_WRITE)
+            need = max(need, 0)
             gap = max(MIN_CHAIN_GAP, need - last_step, 1 + prev[1] - nxt.k)  # (the last: its last step group_turn after)
         t = last_step + (gap or _drained(desc, requant_latency))
         cycles.append(t - origin)

@@ -35,13 +35,15 @@ def cache_dir() -> Path:
 
 @dataclass
 class SimResult:
-    codes: np.ndarray      # (rows, out_len) output codes as the accelerator wrote them
-    outputs: np.ndarray    # (rows, *output shape) in the model's own type and meaning
-    cycles: list[int]      # per row, from the core's cycle counter
+    codes: np.ndarray      # (runs, out_len) output codes as the accelerator wrote them
+    outputs: np.ndarray    # (inferences, *output shape) in the model's own type and meaning
+    cycles: list[int]      # per run (of ``batch`` inferences), from the core's cycle counter
 
 
 def to_codes(compiled: Compiled, xs) -> np.ndarray:
-    """Model inputs (first axis indexes inferences) -> accelerator input codes, checking the shape."""
+    """Model inputs (first axis indexes inferences) -> accelerator input codes, one row per run, checking
+    the shape. A design for batches of N inferences (``--batch``) takes them N at a time; the last run is
+    filled up with copies of the last input (:func:`from_codes` drops their outputs)."""
     t = compiled.graph.tensors[compiled.graph.inputs[0]]
     xs = np.asarray(xs)
     want = tuple(t.shape)
@@ -50,7 +52,17 @@ def to_codes(compiled: Compiled, xs) -> np.ndarray:
         raise ZakidError(f"input data of shape {xs.shape} does not match model input {t.name!r} of shape "
                          f"{want}: the first axis indexes inferences, each row has shape {want}"
                          + (f" or {want[1:]}" if want and want[0] == 1 else ""))
-    return np.stack([compiled.program.to_codes(x) for x in xs]) if len(xs) else np.zeros((0, compiled.program.in_len))
+    n = compiled.program.batch
+    if len(xs) % n:
+        xs = np.concatenate([xs, np.repeat(xs[-1:], n - len(xs) % n, axis=0)])
+    runs = [compiled.program.to_codes(xs[i:i + n]) for i in range(0, len(xs), n)]
+    return np.stack(runs) if runs else np.zeros((0, compiled.program.in_len), np.int64)
+
+
+def from_codes(compiled: Compiled, out_codes, count: int) -> np.ndarray:
+    """Output code rows of the runs -> the first ``count`` model outputs (first axis indexes inferences)."""
+    outs = [compiled.program.from_codes(c) for c in out_codes]
+    return np.concatenate(outs)[:count] if outs else np.zeros((0,))
 
 
 def signed_codes(raw, dtype: str) -> np.ndarray:
@@ -97,8 +109,7 @@ def simulate_codes(compiled: Compiled, codes: np.ndarray, *, uart: bool = False,
 def simulate_model(compiled: Compiled, xs, *, uart: bool = False) -> SimResult:
     codes = to_codes(compiled, xs)
     out_codes, cycles = simulate_codes(compiled, codes, uart=uart)
-    outputs = np.stack([compiled.program.from_codes(c) for c in out_codes]) if len(out_codes) else np.zeros((0,))
-    return SimResult(out_codes, outputs, cycles)
+    return SimResult(out_codes, from_codes(compiled, out_codes, len(xs)), cycles)
 
 
 def golden_outputs(compiled: Compiled, xs) -> np.ndarray:
