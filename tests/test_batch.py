@@ -122,3 +122,23 @@ def test_batch_needs_dense_layers():
     for bad in (0, -1):
         with pytest.raises(ZakidError, match="--batch must be a positive"):
             schedule.make_program(mlp("int8"), 4, batch=bad)
+
+
+def test_report_of_a_batch_design():
+    """The build report counts cycles per run and per inference; latency is per run, throughput per
+    inference (the place-and-route figures here are made up: only the arithmetic is checked)."""
+    from zakid_hw.build import make_report, text_report
+    from zakid_hw.synth import ResourceUse, SynthResult
+    c = compile_model(DIGITS / "digits_mlp_int8.onnx", batch=8)
+    cycles = schedule.cycles_per_inference(c.image)
+    synth = SynthResult("digits", "icebreaker", "up5k", Path("."), Path("x.bin"), Path("x.v"), Path("x.json"), {},
+                        {k: ResourceUse(1, 2) for k in ("lc", "dsp", "ebr", "spram", "io", "pll")},
+                        c.config.clock_mhz, 50.0, "clk", tool_seconds={"yosys": 1.0})
+    r = make_report(c, cycles, synth, 12)
+    assert (r["batch"], r["cycles_per_run"], r["cycles_per_inference"]) == (8, cycles, cycles / 8)
+    assert r["latency_us"] == pytest.approx(cycles / c.config.clock_mhz, abs=1e-3)
+    assert r["inferences_per_s"] == pytest.approx(8e6 / (cycles / c.config.clock_mhz), rel=1e-4)
+    assert r["roofline_cycles"] == 8 * 74 and r["mac_steps"] == 8 * 80
+    assert sum(l["cycles"] for l in r["layers"]) + 1 == cycles
+    assert f"{cycles} cycles = {r['latency_us']} us per run of 8 inferences ({cycles / 8:g} cycles each)" \
+        in text_report(r)
