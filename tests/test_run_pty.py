@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ def make_build_folder(path: Path, compiled) -> Path:
     shutil.copy(MODEL, path / "model.onnx")
     c = compiled.config
     report = {"board": compiled.board.name, "mac_lanes": c.lanes, "dsp_pack": c.dsp_pack, "clock_mhz": c.clock_mhz,
+              "pixels": c.pixels, "batch": compiled.program.batch,
               "host_link": {"baud": round(c.clock_mhz * 1e6 / c.uart_divisor)}}
     (path / "report.json").write_text(json.dumps(report))
     return path
@@ -47,10 +49,9 @@ def compiled():
     return compile_model(MODEL, uart_divisor=DIVISOR)
 
 
-@pytest.fixture(scope="module")
-def device(compiled, tmp_path_factory):
-    """The simulated system on a pty for the whole module: yields the pty's path."""
-    d = tmp_path_factory.mktemp("pty")
+@contextmanager
+def pty_device(compiled, d: Path):
+    """The simulated system of ``compiled`` on a pty while the block runs: yields the pty's path."""
     port_file, stop_file = d / "port", d / "stop"
     outcome = {}
 
@@ -83,6 +84,12 @@ def device(compiled, tmp_path_factory):
         raise outcome["error"]
     print("pty bench:", outcome["result"])
     assert outcome["result"]["stopped_by"] == "stop_file"
+
+
+@pytest.fixture(scope="module")
+def device(compiled, tmp_path_factory):
+    with pty_device(compiled, tmp_path_factory.mktemp("pty")) as port:
+        yield port
 
 
 def zakid_run(build: Path, port: str, x: Path, y: Path):
@@ -123,3 +130,18 @@ def test_run_refuses_a_device_with_another_model(compiled, device, tmp_path):
     assert f"signature {compiled.signature:08x}" in p.stderr
     assert f"expected {other.signature:08x}" in p.stderr
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_run_a_batch_design_over_pty(tmp_path):
+    """A design for runs of 2 (``--batch 2``): ``run`` sends 5 rows as 3 runs (the last filled up with a copy
+    of the fifth row) and gives back 5 outputs, equal to the golden model."""
+    c = compile_model(MODEL, uart_divisor=DIVISOR, batch=2)
+    build = make_build_folder(tmp_path / "build", c)
+    xs = np.load(DIGITS_X)[:N_ROWS]
+    np.save(tmp_path / "x.npy", xs)
+    (tmp_path / "pty").mkdir()
+    with pty_device(c, tmp_path / "pty") as port:
+        p = zakid_run(build, port, tmp_path / "x.npy", tmp_path / "y.npy")
+    assert p.returncode == 0, p.stderr
+    assert f"ran {N_ROWS} inferences in 3 runs of 2" in p.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), golden.run_batch(c.graph, xs))
