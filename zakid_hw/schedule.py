@@ -284,7 +284,7 @@ def make_program(graph: Graph, lanes: int = 8, pixels: int = 1, batch: int = 1) 
             raise ZakidError(f"node {n.name!r} ({n.op}) cannot run on the accelerator between its layers")
 
     if batch > 1:
-        _check_batchable(graph, middle, accel_in, batch)
+        _check_batchable(graph, middle, batch)
 
     views: dict[str, View] = {}
     storages: list[Storage] = []
@@ -355,7 +355,7 @@ def make_program(graph: Graph, lanes: int = 8, pixels: int = 1, batch: int = 1) 
     return Program(graph, pre, layers, post, accel_in, accel_out, views, storages, act_bytes, pixels, batch)
 
 
-def _check_batchable(graph: Graph, middle: list[Node], accel_in: str, batch: int) -> None:
+def _check_batchable(graph: Graph, middle: list[Node], batch: int) -> None:
     """A batch of inferences runs only on layers of vectors: every accelerator node a dense layer, its
     requantizer, an add, a channel concat or a view, every tensor between them (1, C) or (C,)."""
     for n in middle:
@@ -969,11 +969,13 @@ MIN_CHAIN_GAP = 3
 
 
 def can_chain(prev: LayerDescriptor, desc: LayerDescriptor, reads_prev_output: bool) -> bool:
-    """Whether ``desc`` may start while ``prev`` still drains: it is a dense or pointwise layer of single
-    pixels (step j of output pixel p's groups reads byte ``start + offset(p) + j``, so every input byte has
-    a known earliest read, see :func:`_first_reads`) whose input is ``prev``'s output, ``prev`` is requantized
-    (one byte per lane), and ``desc`` has at least as many steps as ``prev``'s last group has lanes (so its
-    own first write comes after all of ``prev``'s)."""
+    """Whether ``desc`` may start while ``prev`` still drains: it is pointwise (a dense layer on a vector, or
+    a 1x1 convolution over one or more pixels, one pixel at a time: step j of output pixel p's groups reads
+    byte ``start + offset(p) + j``, so every input byte has a known earliest read, see
+    :func:`_first_reads`), its input is ``prev``'s output, ``prev`` is requantized (one byte per lane), and
+    ``desc`` has at least as many steps as ``prev``'s last group has lanes (so its own first write comes
+    after all of ``prev``'s; a layer of raw bytes, which skip the requantizer, also waits for that, see
+    :func:`_timeline`)."""
     pointwise = not desc.chan and desc.kh == desc.kw == 1 and not desc.check and not desc.pair
     return reads_prev_output and pointwise and not desc.is_max and not prev.raw_bytes and desc.k >= prev.n_last
 
@@ -1076,8 +1078,8 @@ def layer_cycles(image: AccelImage) -> list[int]:
     ``PIPELINE_TO_DRAIN`` cycles after its last step and leave it one lane (or raw byte) per cycle, and
     consecutive groups' last steps are at least ``GROUP_SPACING`` cycles apart, so a group of k steps after
     one of n lanes opens right after it only when k >= t = max(n, GROUP_SPACING) (:func:`group_turn`);
-    otherwise it opens t - k cycles later (the group before may be the previous layer's); lane l's code is written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after
-    that step. After the last group the next layer starts ``chain_gap`` cycles after the last step, or once
+    otherwise it opens t - k cycles later (the group before may be the previous layer's); lane l's code is
+    written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after that step. After the last group the next layer starts ``chain_gap`` cycles after the last step, or once
     the drain is empty and the requantizer has finished."""
     return _timeline(image.layers, image.lanes, image.requant_latency)[0]
 
