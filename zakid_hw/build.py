@@ -81,7 +81,9 @@ def _rtl_check(c: Compiled, log) -> list[int]:
     if len(set(cycles)) != 1 or cycles[0] != predicted:
         raise ZakidError(f"internal error: simulated cycles {sorted(set(cycles))} differ from the cycle model "
                          f"({predicted}); please report this with the model")
-    log(f"      {len(rows)} inferences bit-exact, {cycles[0]} cycles each")
+    n = c.program.batch
+    what = "inferences" if n == 1 else f"runs of {n} inferences"
+    log(f"      {len(rows)} {what} bit-exact, {cycles[0]} cycles each")
     return cycles
 
 
@@ -227,7 +229,8 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "layers": layers,
         "host_steps": {"before": [n.op for n in c.program.host_pre], "after": [n.op for n in c.program.host_post]},
         "signature": f"{c.signature:08x}",
-        "verification": {"rtl_rows_checked": verified_rows, "mismatches": 0},
+        "verification": {"rtl_rows_checked": verified_rows, "rtl_inferences_checked": verified_rows * batch,
+                         "mismatches": 0},
         "build_seconds": round(synth.build_seconds, 1),
         "tool_seconds": {k: round(v, 1) for k, v in synth.tool_seconds.items()},
     }
@@ -235,9 +238,10 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
 
 def text_report(r: dict) -> str:
     res = r["resources"]
+    per_run = "" if r["batch"] == 1 else f" per run of {r['batch']}"
     lines = [
         f"zakid-hw build of {r['model']} for {r['board']} ({r['device']})",
-        f"  model:       {r['macs']} MACs in {len(r['layers'])} layers ({r['source_format']})",
+        f"  model:       {r['macs']} MACs{per_run} in {len(r['layers'])} layers ({r['source_format']})",
         f"  accelerator: {r['mac_lanes']} MAC lanes ({r['dsp_lanes']} in DSPs"
         f"{', two per SB_MAC16' if r.get('dsp_pack') == 2 else ''})"
         f"{', x 2 output pixels in paired convolutions' if r.get('pixels') == 2 else ''}, clock {r['clock_mhz']} MHz "
