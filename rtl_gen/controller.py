@@ -59,10 +59,11 @@ class Controller(wiring.Component):
     at least :data:`zakid_hw.schedule.GROUP_SPACING` cycles apart. So a group of ``k`` steps opens right
     after the group before when ``k >= t``, ``t = max(n, GROUP_SPACING)`` of that group
     (:func:`zakid_hw.schedule.group_turn`), and otherwise waits ``t - k`` cycles (state GROUP), so that
-    its last step comes ``t`` cycles after the group before's. After a layer's last step the controller loads the next layer's
-    descriptor, sets up its counters and starts it the layer's ``tail`` cycles later (see
-    :func:`zakid_hw.schedule.layer_tails`: when everything is written, or earlier for a dense layer that
-    chains); after the last layer's tail it signals ``done``. The first layer's set-up is done while idle.
+    its last step comes ``t`` cycles after the group before's. After a layer's last step the controller
+    loads the next layer's descriptor, sets up its counters and starts it the layer's ``tail`` cycles later
+    (see :func:`zakid_hw.schedule.layer_tails`: when everything is written, or earlier for a pointwise layer
+    that chains); after the last layer's tail it signals ``done``. The first layer's set-up is done while
+    idle.
     """
 
     def __init__(self, *, descriptors, lanes, w_depth, act_bytes):
