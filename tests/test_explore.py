@@ -97,6 +97,8 @@ def test_explore_command_prints_the_front_and_writes_a_plot(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "| *P | 16 | 1 | 16 | 2 | ebr | tables |" in r.stdout
+    # a model of dense layers: what --batch 8 would take with the chosen configuration
+    assert "with --batch 8, 670 cycles per run of 8, 83.75 per inference against 124 (16 lanes" in r.stdout
     svg = (tmp_path / "front.svg").read_text()
     assert svg.startswith("<svg") and "polyline" in svg and "chosen: 16 lanes" in svg
 
@@ -170,3 +172,20 @@ def test_pointwise_layers_run_two_pixels_per_weight_word():
         assert (a < 0.52 * b) if d.pair else (sa == sb)
     roof = cost_model.layer_rooflines(two.config, two.image, two.memories, two.program.layers)
     assert all(r == -(-l.macs // 16) for r, l, d in zip(roof, two.program.layers, two.image.layers) if d.pair)
+
+
+@pytest.mark.parametrize("model,hint", [
+    ("ad_autoencoder_small", "with --batch 8, 45990 cycles per run of 8, 5748.75 per inference against 11442 "
+                             "(8 lanes x 2 pixels"),  # each weight word from SPRAM serves two inferences
+    ("kws_dscnn_c32", None),  # convolutions: no batches
+])
+def test_explore_says_what_batches_gain(model, hint, tmp_path):
+    models = ROOT / "bench" / "models"
+    cal = models / ("ad_calib.npy" if model.startswith("ad") else "kws_calib.npy")
+    r = subprocess.run([sys.executable, "-m", "zakid_hw.cli", "explore", str(models / f"{model}.onnx"),
+                        "--calibration", str(cal), "--plot", "front.svg"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if hint is None:
+        assert "batches" not in r.stdout
+    else:
+        assert hint in r.stdout

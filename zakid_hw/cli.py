@@ -83,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: the batch size ``explore`` costs for a model of dense layers, to show what ``--batch`` gains
+BATCH_HINT = 8
+
+
 def load_npy(path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
@@ -167,6 +171,13 @@ def cmd_explore(a) -> int:
     print(explore.table(shown, chosen), end="")
     if not fits:
         print("no configuration fits the device; the problems of each are in the last column (--all)")
+    elif c.program.batch == 1 and chosen is not None:
+        n = BATCH_HINT
+        best = explore.fastest_batch(c.board, c.lowered, c.candidates, c.config, n)
+        if best is not None:
+            print(f"this model can run in batches: with --batch {n}, {best.cycles} cycles per run of {n}, "
+                  f"{best.cycles / n:g} per inference against {chosen.cycles} ({best.candidate.label()}; "
+                  f"'explore --batch {n}' lists every configuration)")
     plot = Path(a.plot) if a.plot else Path(f"{Path(a.model).stem}.pareto.svg")
     svg = explore.svg_plot(c.designs, f"{Path(a.model).name} on {c.board.device.part}", chosen)
     tmp = plot.with_name(f".{plot.name}.tmp")

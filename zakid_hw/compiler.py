@@ -49,6 +49,8 @@ class Compiled:
     clock_auto: bool = False  # no clock was asked for: build may lower it to what place and route closes
     baud: float = DEFAULT_BAUD
     designs: list = field(default_factory=list)  # every configuration considered (explore.Design)
+    candidates: list = field(default_factory=list)  # the configurations asked for (explore.Candidate; designs
+                                                    # leaves out two-pixel ones where no layer pairs)
     chosen: explore.Design | None = None          # the one of them this is
     objective: str = "latency"
 
@@ -152,7 +154,7 @@ def compile_model(model_path, *, calibration=None, fpga=None, device=None, board
                              + "; ".join(best.problems) + "." + hint)
     return Compiled(str(model_path), graph, lowered, best.program, best.image, best.config, brd, best.plan,
                     signature_of(best.image), clock_auto=clock_auto, baud=baud,
-                    designs=designs, chosen=best, objective=objective)
+                    designs=designs, candidates=cands, chosen=best, objective=objective)
 
 
 def clock_and_divisor(board: Board, f_mhz: float, baud: float, uart_divisor: int | None = None, *,

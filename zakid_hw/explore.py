@@ -206,6 +206,18 @@ def choose(designs: list[Design], objective: str = "latency") -> Design | None:
     return min(fitting, key=order_key(objective)) if fitting else None
 
 
+def fastest_batch(board, lowered, cands: list[Candidate], base_config: AccelConfig, batch: int) -> Design | None:
+    """The configuration among ``cands`` that runs ``batch`` inferences in the fewest cycles per run and
+    still fits (fewer logic cells on a tie); None for a model that cannot run in batches (see
+    :func:`zakid_hw.schedule.make_program`) or when none fits."""
+    try:
+        schedule.make_program(lowered, 1, 1, batch)
+    except ZakidError:
+        return None
+    fitting = [d for d in evaluate(board, lowered, cands, base_config=base_config, batch=batch) if d.fits]
+    return min(fitting, key=lambda d: (d.cycles, d.resources["lc"]), default=None)
+
+
 def pareto(designs: list[Design]) -> list[Design]:
     """The fitting designs no other fitting design beats on both latency and logic cells, fastest first."""
     fitting = sorted((d for d in designs if d.fits), key=lambda d: (d.latency_us, d.resources["lc"]))
