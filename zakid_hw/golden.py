@@ -235,12 +235,18 @@ def run_node(node: Node, *args):
     return OP_FUNCS[node.op](*args, **kwargs)
 
 
+def run_nodes(nodes, feeds: dict) -> dict:
+    """Evaluate ``nodes`` in order on the tensors in ``feeds``; return every tensor (feeds included)."""
+    env = dict(feeds)
+    for node in nodes:
+        env[node.outputs[0]] = run_node(node, *(env[t] for t in node.inputs))
+    return env
+
+
 def run(graph: Graph, feeds: dict, keep_all: bool = False) -> dict:
     """Run the graph on one input set (arrays of the graph's own input shapes); return its outputs
     (or every tensor with ``keep_all``)."""
-    env = dict(feeds)
-    for node in graph.nodes:
-        env[node.outputs[0]] = run_node(node, *(env[t] for t in node.inputs))
+    env = run_nodes(graph.nodes, feeds)
     return env if keep_all else {t: env[t] for t in graph.outputs}
 
 

@@ -185,12 +185,9 @@ class Program:
         xs = np.asarray(xs)
         if len(xs) != self.batch:
             raise ValueError(f"a run takes {self.batch} inputs, got {len(xs)}")
-        vals = []
-        for x in xs:
-            env = {self.graph.inputs[0]: x.reshape(self.graph.tensors[self.graph.inputs[0]].shape)}
-            for node in self.host_pre:
-                env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-            vals.append(np.asarray(env[self.accel_in]).reshape(-1))
+        x_in = self.graph.inputs[0]
+        vals = [np.asarray(golden.run_nodes(self.host_pre, {x_in: x.reshape(self.graph.tensors[x_in].shape)})
+                           [self.accel_in]).reshape(-1) for x in xs]
         return to_storage(np.stack(vals, axis=-1), self.in_storage)
 
     def _split(self, codes: np.ndarray, tensor: str) -> list[np.ndarray]:
@@ -201,25 +198,16 @@ class Program:
     def accel_golden(self, codes: np.ndarray) -> np.ndarray:
         """What the accelerator must compute: input storage bytes -> output storage bytes (the golden model,
         once per inference of the run)."""
-        outs = []
-        for x in self._split(codes, self.accel_in):
-            env = {self.accel_in: x}
-            for node in self.graph.nodes:
-                if node not in self.host_pre and node not in self.host_post:
-                    env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-            outs.append(np.asarray(env[self.accel_out]).reshape(-1))
+        accel = [n for n in self.graph.nodes if n not in self.host_pre and n not in self.host_post]
+        outs = [np.asarray(golden.run_nodes(accel, {self.accel_in: x})[self.accel_out]).reshape(-1)
+                for x in self._split(codes, self.accel_in)]
         return to_storage(np.stack(outs, axis=-1), self.out_storage)
 
     def from_codes(self, codes: np.ndarray) -> np.ndarray:
         """Host side after the accelerator: output storage bytes -> the model's outputs, one per inference
         of the run (first axis)."""
-        outs = []
-        for y in self._split(codes, self.accel_out):
-            env = {self.accel_out: y}
-            for node in self.host_post:
-                env[node.outputs[0]] = golden.run_node(node, *(env[t] for t in node.inputs))
-            outs.append(env[self.graph.outputs[0]])
-        return np.stack(outs)
+        return np.stack([golden.run_nodes(self.host_post, {self.accel_out: y})[self.graph.outputs[0]]
+                         for y in self._split(codes, self.accel_out)])
 
 
 def to_storage(x: np.ndarray, s: Storage) -> np.ndarray:
@@ -1079,8 +1067,9 @@ def layer_cycles(image: AccelImage) -> list[int]:
     consecutive groups' last steps are at least ``GROUP_SPACING`` cycles apart, so a group of k steps after
     one of n lanes opens right after it only when k >= t = max(n, GROUP_SPACING) (:func:`group_turn`);
     otherwise it opens t - k cycles later (the group before may be the previous layer's); lane l's code is
-    written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after that step. After the last group the next layer starts ``chain_gap`` cycles after the last step, or once
-    the drain is empty and the requantizer has finished."""
+    written ``PIPELINE_TO_DRAIN + requant_latency + l`` cycles after that step. After the last group the
+    next layer starts ``chain_gap`` cycles after the last step, or once the drain is empty and the
+    requantizer has finished."""
     return _timeline(image.layers, image.lanes, image.requant_latency)[0]
 
 
