@@ -6,7 +6,7 @@ UP5K, and its measured resources are written with the model's inputs to ``bench/
     python bench/calibrate_cost.py --fit      # refit zakid_hw.cost_model.LC from the recorded builds
                                               # (these and bench/models_results.json's)
 
-``tests/test_cost_model.py`` checks the model's predictions against these recorded builds (within 15%).
+``tests/test_explore.py`` checks the model's predictions against these recorded builds (within 15%).
 """
 
 from __future__ import annotations
