@@ -106,7 +106,7 @@ def run(name, path, calib, xs, opts=None, device="up5k"):
     row.update(macs=c.program.macs, lanes=c.config.lanes, dsp_lanes=c.config.dsp_lanes, dsp_pack=c.config.dsp_pack,
                pixels=c.config.pixels,
                batch=c.program.batch, cycles_per_run=res.cycles[0],
-               cycles_per_inference=res.cycles[0] if c.program.batch == 1 else round(res.cycles[0] / c.program.batch, 3),
+               cycles_per_inference=schedule.per_inference(res.cycles[0], c.program.batch),
                mac_steps=sum(schedule.layer_steps(c.image)), roofline_cycles=roofline,
                device_limit_cycles=-(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
                rtl_equals_golden=exact, weights=c.memories["weights"]["place"], requantizer=c.image.requantizer,

@@ -44,7 +44,7 @@ def test_core_matches_golden(lanes, dsp_lanes, dsp_pack, x_dtype, h_dtype, per_c
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)
     assert res["cycles"] == res["sim_cycles"]
-    assert set(res["cycles"]) == {schedule.cycles_per_inference(schedule.memory_image(prog, lanes, requantizer))}
+    assert set(res["cycles"]) == {schedule.cycles_per_run(schedule.memory_image(prog, lanes, requantizer))}
 
 
 def test_worst_case_accumulators_do_not_overflow(tmp_path):
@@ -80,7 +80,7 @@ def test_chained_layer_starting_one_cycle_earlier_reads_stale_inputs(tmp_path, m
     monkeypatch.setattr(schedule, "chain_gaps", lambda *a: [max(0, v - 1) for v in exact])
     res = run_core(prog, AccelConfig(lanes=8, dsp_lanes=8), rows, tmp_path)
     assert (signed_codes(res["outputs"], "int8") != want).any()
-    assert set(res["cycles"]) == {schedule.cycles_per_inference(schedule.memory_image(prog, 8))}
+    assert set(res["cycles"]) == {schedule.cycles_per_run(schedule.memory_image(prog, 8))}
 
 
 def _gap_inputs(prog, lanes):

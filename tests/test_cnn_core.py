@@ -43,7 +43,7 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pix
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)
     image = schedule.memory_image(prog, lanes, requantizer)
-    assert set(res["cycles"]) == {schedule.cycles_per_inference(image)}
+    assert set(res["cycles"]) == {schedule.cycles_per_run(image)}
     if make is irzoo.cnn_pw and pixels == 1:
         assert [bool(d.chain_gap) for d in image.layers] == [False, False, True, False, True, False]
     elif make is irzoo.cnn_pw:

@@ -34,7 +34,7 @@ def test_whole_digits_set_in_rtl_equals_onnxruntime(digits):
     acc_rtl = float((res.outputs.reshape(len(xs), -1).argmax(1) == ys).mean())
     acc_ort = float((want.reshape(len(xs), -1).argmax(1) == ys).mean())
     assert acc_rtl == acc_ort > 0.95
-    assert set(res.cycles) == {schedule.cycles_per_inference(c.image)}
+    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
 
 
 def test_float_model_with_calibration_in_rtl(digits, tmp_path):

@@ -50,7 +50,7 @@ def test_mnist8_rtl_accuracy_equals_onnxruntime(mnist):
     np.testing.assert_array_equal(res.outputs.reshape(ort.shape), ort)
     acc = float((res.outputs.reshape(len(xs), -1).argmax(1) == ys).mean())
     assert acc > 0.95
-    assert set(res.cycles) == {schedule.cycles_per_inference(c.image)}
+    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
 
 
 def test_mnist8_builds_bitstream_and_flash_image(mnist, tmp_path):

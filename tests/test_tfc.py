@@ -31,4 +31,4 @@ def test_tfc_w2a2_in_rtl_equals_golden():
     want = golden_outputs(c, xs)
     np.testing.assert_array_equal(res.outputs.reshape(want.shape), want)
     assert int(np.argmax(res.outputs[0])) == int(np.load(TFC / "tfc_mnist_output.npy").reshape(-1)[0])
-    assert set(res.cycles) == {schedule.cycles_per_inference(c.image)}
+    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}

@@ -31,7 +31,7 @@ def test_dscnn_c32_in_rtl_equals_golden():
     xs = np.load(MODELS / "kws_x.npy")[:3]
     res = simulate_model(c, xs)
     np.testing.assert_array_equal(res.outputs.reshape(-1), golden_outputs(c, xs).reshape(-1))
-    assert set(res.cycles) == {schedule.cycles_per_inference(c.image)}
+    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
 
 
 def test_autoencoder_in_rtl_equals_golden():
@@ -40,4 +40,4 @@ def test_autoencoder_in_rtl_equals_golden():
     xs = np.load(MODELS / "ad_x.npy")[[0, 1, 150]]
     res = simulate_model(c, xs)
     np.testing.assert_array_equal(res.outputs.reshape(-1), golden_outputs(c, xs).reshape(-1))
-    assert set(res.cycles) == {schedule.cycles_per_inference(c.image)}
+    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}

@@ -77,7 +77,7 @@ def _rtl_check(c: Compiled, log) -> list[int]:
     if mismatches:
         raise ZakidError(f"internal error: the generated RTL differs from the golden model on {mismatches} "
                          f"outputs of {want.size}; please report this with the model")
-    predicted = schedule.cycles_per_inference(c.image)
+    predicted = schedule.cycles_per_run(c.image)
     if len(set(cycles)) != 1 or cycles[0] != predicted:
         raise ZakidError(f"internal error: simulated cycles {sorted(set(cycles))} differ from the cycle model "
                          f"({predicted}); please report this with the model")
@@ -205,7 +205,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "device_limit_cycles": -(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
         "batch": batch,
         "cycles_per_run": cycles,
-        "cycles_per_inference": cycles if batch == 1 else round(cycles / batch, 3),
+        "cycles_per_inference": schedule.per_inference(cycles, batch),
         "mac_steps": sum(steps),
         "mac_bound_cycles": sum(l["mac_bound_cycles"] for l in layers),
         "clock_mhz": round(clock, 3),

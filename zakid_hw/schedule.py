@@ -1080,6 +1080,13 @@ def layer_steps(image: AccelImage) -> list[int]:
     return [d.oh * d.ow * d.groups * d.k for d in image.layers]
 
 
-def cycles_per_inference(image: AccelImage) -> int:
-    """Cycles from ``start`` to ``done`` (the core's own counter): the start cycle plus every layer."""
+def cycles_per_run(image: AccelImage) -> int:
+    """Cycles from ``start`` to ``done`` (the core's own counter) for one run of the image's batch: the
+    start cycle plus every layer."""
     return 1 + sum(layer_cycles(image))
+
+
+def per_inference(cycles_per_run: int, batch: int) -> int | float:
+    """Cycles per inference of a run of ``batch`` inferences (to three decimals; the run's own count for
+    one inference)."""
+    return cycles_per_run if batch == 1 else round(cycles_per_run / batch, 3)
