@@ -108,11 +108,11 @@ def run(name, path, calib, xs, opts=None, device="up5k"):
                batch=c.program.batch, cycles_per_run=res.cycles[0],
                cycles_per_inference=schedule.per_inference(res.cycles[0], c.program.batch),
                mac_steps=sum(schedule.layer_steps(c.image)), roofline_cycles=roofline,
-               device_limit_cycles=-(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
+               device_limit_cycles=cost_model.device_limit(c.board.device, c.program.macs, c.image.w_width),
                rtl_equals_golden=exact, weights=c.memories["weights"]["place"], requantizer=c.image.requantizer,
                layers=[l.kind for l in c.program.layers],
                terms=cost_model.lc_terms(c.image, c.config, c.memories), predicted=c.predicted)
-    row["efficiency"] = round(row["roofline_cycles"] / row["cycles_per_run"], 3)
+    row["efficiency"] = cost_model.efficiency(roofline, row["cycles_per_run"])
     if fits is not None:
         row["fits"] = False
         row["fit_check"] = fits

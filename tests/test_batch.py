@@ -139,8 +139,11 @@ def test_report_of_a_batch_design():
     assert r["latency_us"] == pytest.approx(cycles / c.config.clock_mhz, abs=1e-3)
     assert r["inferences_per_s"] == pytest.approx(8e6 / (cycles / c.config.clock_mhz), rel=1e-4)
     assert r["roofline_cycles"] == 8 * 74 and r["mac_steps"] == 8 * 80
+    assert r["efficiency"] == round(8 * 74 / cycles, 3) and r["device_limit_cycles"] == 8 * 74
+    assert [l["efficiency"] for l in r["layers"]] == [round(l["roofline_cycles"] / l["cycles"], 3) for l in r["layers"]]
     assert sum(l["cycles"] for l in r["layers"]) + 1 == cycles
     text = text_report(r)
     assert f"{cycles} cycles = {r['latency_us']} us per run of 8 inferences ({cycles / 8:g} cycles each)" in text
     assert f"{8 * 1184} MACs per run of 8 in 2 layers" in text
+    assert f"(roofline {8 * 74} cycles, {8 * 74 / cycles:.1%} of it; device limit {8 * 74})" in text
     assert r["verification"] == {"rtl_rows_checked": 12, "rtl_inferences_checked": 96, "mismatches": 0}

@@ -82,6 +82,8 @@ def test_build_example_to_bitstream(tmp_path):
     # where the cycles go: 64 and 16 MAC steps (16 lanes), the rest waits for the requantized outputs
     assert [(l["mac_steps"], l["wait_cycles"]) for l in rep["layers"]] == [(64, 16), (16, 27)]
     assert rep["mac_steps"] == 80 and "80 in MAC steps, 44 waiting" in (out / "report.txt").read_text()
+    assert (rep["roofline_cycles"], rep["efficiency"]) == (74, 0.597) and "74 cycles, 59.7% of it" in (
+        out / "report.txt").read_text()
     assert rep["latency_us"] == pytest.approx(rep["cycles_per_inference"] / rep["clock_mhz"], rel=1e-3)
     assert [p.name for p in tmp_path.joinpath("build").iterdir()] == ["digits_mlp_int8"]  # no temp folders left
     # where the place-and-route run's time went, tool by tool

@@ -184,7 +184,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
                        "two_pixels": bool(d.pair),
                        "lane_groups": d.groups * d.oh * d.ow,
                        "cycles": cyc, "mac_steps": st, "wait_cycles": cyc - st, "overlaps_previous": bool(d.chain_gap),
-                       "roofline_cycles": roof,
+                       "roofline_cycles": roof, "efficiency": cost_model.efficiency(roof, cyc),
                        "input_type": l.in_dtype, "output_type": l.out_dtype,
                        "requantizer_tables": int(l.thresholds.shape[0])})
     return {
@@ -202,7 +202,8 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "exploration": {"objective": c.objective, "configurations": len(c.designs),
                         "fitting": sum(d.fits for d in c.designs), "predicted_resources": c.predicted},
         "roofline_cycles": sum(l["roofline_cycles"] for l in layers),
-        "device_limit_cycles": -(-c.program.macs // cost_model.device_multipliers(c.board.device, c.image.w_width)),
+        "efficiency": cost_model.efficiency(sum(l["roofline_cycles"] for l in layers), cycles),
+        "device_limit_cycles": cost_model.device_limit(c.board.device, c.program.macs, c.image.w_width),
         "batch": batch,
         "cycles_per_run": cycles,
         "cycles_per_inference": schedule.per_inference(cycles, batch),
@@ -249,8 +250,8 @@ def text_report(r: dict) -> str:
         f"  speed:       {r['cycles_per_run']} cycles = {r['latency_us']} us per "
         + (f"inference, " if r["batch"] == 1 else
            f"run of {r['batch']} inferences ({r['cycles_per_inference']:g} cycles each), ")
-        + f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, device limit "
-        f"{r['device_limit_cycles']})",
+        + f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, "
+        f"{r['efficiency']:.1%} of it; device limit {r['device_limit_cycles']})",
         f"  cycles:      {r['mac_steps']} in MAC steps, {r['cycles_per_run'] - r['mac_steps']} waiting (the "
         f"start; a layer's turn at the drain; outputs the next layer reads; the last outputs)",
         f"  chosen:      {'fastest' if r['exploration']['objective'] == 'latency' else 'smallest'} of "
@@ -271,7 +272,8 @@ def text_report(r: dict) -> str:
         shape = lambda s: "x".join(map(str, s))
         lines.append(f"    {l['name']} ({l['op']}): {shape(l['input'])} -> {shape(l['output'])}, {l['macs']} MACs, "
                      f"{l['cycles']} cycles = {l['mac_steps']} MAC steps + {l['wait_cycles']} waiting "
-                     f"(MAC bound {l['mac_bound_cycles']})")
+                     f"(MAC bound {l['mac_bound_cycles']}, roofline {l['roofline_cycles']}: "
+                     f"{l['efficiency']:.1%})")
     if r.get("flash_image"):
         f = r["flash_image"]
         lines.append(f"  flash:       weights in SPRAM, loaded at start-up from flash offset 0x{f['weights_offset']:X} "

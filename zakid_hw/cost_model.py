@@ -176,3 +176,13 @@ def device_multipliers(device, w_bits: int) -> int:
     """int8 products per cycle a device can do at most: two per DSP block in the two-8x8 mode (FACTS.md);
     devices without DSPs are counted with their logic-cell lanes (16)."""
     return 2 * device.dsp if device.dsp and w_bits <= 8 else (device.dsp or 16)
+
+
+def device_limit(device, macs: int, w_bits: int) -> int:
+    """Fewest cycles ``macs`` multiply-accumulates can take on the device (:func:`device_multipliers`)."""
+    return layer_roofline(macs, device_multipliers(device, w_bits))
+
+
+def efficiency(roofline: int, cycles: int) -> float:
+    """The share of a roofline a measured or modelled cycle count reaches (to three decimals)."""
+    return round(roofline / cycles, 3)
