@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from zakid_hw import cost_model, datasets, schedule
+from zakid_hw import cost_model, cycle_model, datasets
 from zakid_hw.build import build
 from zakid_hw.compiler import compile_model
 from zakid_hw.errors import ZakidError
@@ -106,8 +106,8 @@ def run(name, path, calib, xs, opts=None, device="up5k"):
     row.update(macs=c.program.macs, lanes=c.config.lanes, dsp_lanes=c.config.dsp_lanes, dsp_pack=c.config.dsp_pack,
                pixels=c.config.pixels,
                batch=c.program.batch, cycles_per_run=res.cycles[0],
-               cycles_per_inference=schedule.per_inference(res.cycles[0], c.program.batch),
-               mac_steps=sum(schedule.layer_steps(c.image)), roofline_cycles=roofline,
+               cycles_per_inference=cycle_model.per_inference(res.cycles[0], c.program.batch),
+               mac_steps=sum(cycle_model.layer_steps(c.image)), roofline_cycles=roofline,
                device_limit_cycles=cost_model.device_limit(c.board.device, c.program.macs, c.image.w_width),
                rtl_equals_golden=exact, weights=c.memories["weights"]["place"], requantizer=c.image.requantizer,
                layers=[l.kind for l in c.program.layers],

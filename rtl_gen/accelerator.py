@@ -147,7 +147,7 @@ class Accelerator(wiring.Component):
                      s0["w"].eq(ctrl.w_addr), s0["hold"].eq(ctrl.hold), s0["rdb"].eq(ctrl.rd_b)]
         # what the drain needs of a group (output address, first channel, real lanes, layer, pixel B), loaded
         # at its last step: the drain reads it when the sums arrive, before the next group's last step
-        # (schedule.GROUP_SPACING), so it need not travel down the pipeline with every step
+        # (cycle_model.GROUP_SPACING), so it need not travel down the pipeline with every step
         grp = dict(base=Signal.like(ctrl.o_addr, name="g_base"), ch=Signal.like(ctrl.ch_base, name="g_ch"),
                    n=Signal.like(ctrl.group_n, name="g_n"), layer=Signal.like(ctrl.layer, name="g_layer"),
                    pb=Signal(name="g_pb"))

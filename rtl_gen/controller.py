@@ -5,7 +5,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from zakid_hw.schedule import group_turn, pads_pixel_b, peeks
+from zakid_hw.cycle_model import group_turn
+from zakid_hw.schedule import pads_pixel_b, peeks
 
 #: descriptor fields the controller latches at the start of each layer (see
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
@@ -56,12 +57,12 @@ class Controller(wiring.Component):
     The drain takes a group's sums one lane (or one raw byte) per cycle, ``n`` cycles for ``n`` of them,
     and may take the next group's sums in the cycle it hands on its last; it reads the group's output
     address and lane count from registers loaded at the group's last step, so two groups' last steps are
-    at least :data:`zakid_hw.schedule.GROUP_SPACING` cycles apart. So a group of ``k`` steps opens right
+    at least :data:`zakid_hw.cycle_model.GROUP_SPACING` cycles apart. So a group of ``k`` steps opens right
     after the group before when ``k >= t``, ``t = max(n, GROUP_SPACING)`` of that group
-    (:func:`zakid_hw.schedule.group_turn`), and otherwise waits ``t - k`` cycles (state GROUP), so that
+    (:func:`zakid_hw.cycle_model.group_turn`), and otherwise waits ``t - k`` cycles (state GROUP), so that
     its last step comes ``t`` cycles after the group before's. After a layer's last step the controller
     loads the next layer's descriptor, sets up its counters and starts it the layer's ``tail`` cycles later
-    (see :func:`zakid_hw.schedule.layer_tails`: when everything is written, or earlier for a pointwise layer
+    (see :func:`zakid_hw.cycle_model.layer_tails`: when everything is written, or earlier for a pointwise layer
     that chains); after the last layer's tail it signals ``done``. The first layer's set-up is done while
     idle.
     """
@@ -260,5 +261,5 @@ class Controller(wiring.Component):
                     m.next = "IDLE"
                 with m.Elif(wait_end):
                     m.d.sync += self.layer.eq(self.layer + 1)
-                    m.next = "ISSUE"  # the tail leaves the drain free in time (schedule.layer_tails)
+                    m.next = "ISSUE"  # the tail leaves the drain free in time (cycle_model.layer_tails)
         return m

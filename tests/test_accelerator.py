@@ -8,7 +8,7 @@ from rtl_gen.config import AccelConfig
 from rtl_gen.spram import sim_sources
 from sim.runner import simulate
 from test_passes import mlp_graph
-from zakid_hw import passes, schedule
+from zakid_hw import cycle_model, passes, schedule
 from zakid_hw.ir import dtype_range
 from zakid_hw.simulate import signed_codes
 
@@ -44,7 +44,7 @@ def test_core_matches_golden(lanes, dsp_lanes, dsp_pack, x_dtype, h_dtype, per_c
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)
     assert res["cycles"] == res["sim_cycles"]
-    assert set(res["cycles"]) == {schedule.cycles_per_run(schedule.memory_image(prog, lanes, requantizer))}
+    assert set(res["cycles"]) == {cycle_model.cycles_per_run(schedule.memory_image(prog, lanes, requantizer))}
 
 
 def test_worst_case_accumulators_do_not_overflow(tmp_path):
@@ -67,20 +67,20 @@ def test_worst_case_accumulators_do_not_overflow(tmp_path):
 
 
 def test_chained_layer_starting_one_cycle_earlier_reads_stale_inputs(tmp_path, monkeypatch):
-    """The second dense layer starts while the first still drains (schedule.chain_gaps). The gap is tight:
+    """The second dense layer starts while the first still drains (cycle_model.chain_gaps). The gap is tight:
     one cycle less and the layer reads an input in the cycle it is written, so it sees the previous
     inference's code and the outputs go wrong."""
     rng = np.random.default_rng(3)
     g = passes.lower_for_hardware(mlp_graph(rng, widths=(13, 8, 5), x_dtype="uint8", h_dtype="int8"))
     prog = schedule.make_program(g)
-    exact = schedule.chain_gaps(*_gap_inputs(prog, 8))
-    assert exact[1] > schedule.MIN_CHAIN_GAP
+    exact = cycle_model.chain_gaps(*_gap_inputs(prog, 8))
+    assert exact[1] > cycle_model.MIN_CHAIN_GAP
     rows = rng.integers(0, 256, (6, prog.in_len))
     want = np.stack([prog.accel_golden(r) for r in rows])
     monkeypatch.setattr(schedule, "chain_gaps", lambda *a: [max(0, v - 1) for v in exact])
     res = run_core(prog, AccelConfig(lanes=8, dsp_lanes=8), rows, tmp_path)
     assert (signed_codes(res["outputs"], "int8") != want).any()
-    assert set(res["cycles"]) == {schedule.cycles_per_run(schedule.memory_image(prog, 8))}
+    assert set(res["cycles"]) == {cycle_model.cycles_per_run(schedule.memory_image(prog, 8))}
 
 
 def _gap_inputs(prog, lanes):

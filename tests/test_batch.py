@@ -12,7 +12,7 @@ import irzoo
 from modelzoo import ort_run
 from rtl_gen.config import AccelConfig
 from test_accelerator import run_core
-from zakid_hw import golden, passes, schedule
+from zakid_hw import cycle_model, golden, passes, schedule
 from zakid_hw.compiler import compile_model
 from zakid_hw.errors import ZakidError
 from zakid_hw.ir import dtype_range
@@ -58,8 +58,8 @@ def test_batch_layers_start_while_the_layer_before_drains():
     image = schedule.memory_image(schedule.make_program(mlp("int8"), 4, batch=3), 4)
     gaps = [d.chain_gap for d in image.layers]
     assert gaps[0] == gaps[3] == 0 and all(gaps[i] for i in (1, 2, 4))
-    assert gaps[2] > schedule.MIN_CHAIN_GAP
-    assert schedule.cycles_per_run(image) < 3 * schedule.cycles_per_run(
+    assert gaps[2] > cycle_model.MIN_CHAIN_GAP
+    assert cycle_model.cycles_per_run(image) < 3 * cycle_model.cycles_per_run(
         schedule.memory_image(schedule.make_program(mlp("int8"), 4), 4))
 
 
@@ -78,7 +78,7 @@ def test_batch_rtl_matches_golden(make, dtype, requantizer, pixels, tmp_path):
     np.testing.assert_array_equal(got, np.stack([prog.accel_golden(r) for r in rows]))
     np.testing.assert_array_equal(np.concatenate([prog.from_codes(r) for r in got]), golden.run_batch(g, xs))
     image = schedule.memory_image(prog, 4, requantizer)
-    assert set(res["cycles"]) == {schedule.cycles_per_run(image)}
+    assert set(res["cycles"]) == {cycle_model.cycles_per_run(image)}
     assert any(d.pair for d in image.layers) == (pixels == 2)
 
 
@@ -91,9 +91,9 @@ def test_digits_batch_equals_onnxruntime():
     res = simulate_model(c, xs)
     want = ort_run(DIGITS / "digits_mlp_int8.onnx", xs)
     np.testing.assert_array_equal(res.outputs.reshape(want.shape), want)
-    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
+    assert set(res.cycles) == {cycle_model.cycles_per_run(c.image)}
     # 8 x (64 + 16) MAC steps on 16 lanes; the waits through the pipeline come once per run
-    assert schedule.layer_steps(c.image) == [8 * 64, 8 * 16]
+    assert cycle_model.layer_steps(c.image) == [8 * 64, 8 * 16]
     assert from_codes(c, res.codes, 21).shape == (21, 1, 10)
 
 
@@ -105,8 +105,8 @@ def test_cli_sim_batch_over_uart(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     c = compile_model(DIGITS / "digits_mlp_int8.onnx", batch=2)
-    cycles = schedule.cycles_per_run(c.image)
-    assert f"simulated 3 inferences" in r.stdout and f"2 runs of 2, {cycles} cycles per run" in r.stdout
+    cycles = cycle_model.cycles_per_run(c.image)
+    assert "simulated 3 inferences" in r.stdout and f"2 runs of 2, {cycles} cycles per run" in r.stdout
     assert "check passed" in r.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), ort_run(DIGITS / "digits_mlp_int8.onnx",
                                                                       np.load(tmp_path / "x.npy")))
@@ -130,7 +130,7 @@ def test_report_of_a_batch_design():
     from zakid_hw.build import make_report, text_report
     from zakid_hw.synth import ResourceUse, SynthResult
     c = compile_model(DIGITS / "digits_mlp_int8.onnx", batch=8)
-    cycles = schedule.cycles_per_run(c.image)
+    cycles = cycle_model.cycles_per_run(c.image)
     synth = SynthResult("digits", "icebreaker", "up5k", Path("."), Path("x.bin"), Path("x.v"), Path("x.json"), {},
                         {k: ResourceUse(1, 2) for k in ("lc", "dsp", "ebr", "spram", "io", "pll")},
                         c.config.clock_mhz, 50.0, "clk", tool_seconds={"yosys": 1.0})

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from boards import (BOARDS, DEVICES, BoardTop, PllClock, default_board_for, get_board,
+from boards import (BOARDS, BoardTop, PllClock, default_board_for, get_board,
                     get_device, pll_config, select_board)
 from boards.pll import LIMIT_OUT, LIMIT_PFD, LIMIT_VCO
 from zakid_hw.errors import ZakidError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import zakid_hw.build as build_mod
-from zakid_hw import schedule
+from zakid_hw import cycle_model
 from zakid_hw.compiler import compile_model
 from zakid_hw import synth
 from zakid_hw.synth import RESOURCE_CELLS, ResourceUse, SynthResult, first_met, run_seeds, seed_dir
@@ -60,7 +60,7 @@ class FakeBuilds:
 def _build(tmp_path, monkeypatch, fake, clock_mhz=None, **kw):
     c = compile_model(MODEL, clock_mhz=clock_mhz)
     monkeypatch.setattr(build_mod, "build_bitstreams", fake)
-    monkeypatch.setattr(build_mod, "_rtl_check", lambda c, log: [schedule.cycles_per_run(c.image)] * 2)
+    monkeypatch.setattr(build_mod, "_rtl_check", lambda c, log: [cycle_model.cycles_per_run(c.image)] * 2)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     out = tmp_path / "out"
     return build_mod.build(c, out, log=lambda *a: None, **kw), out

@@ -7,7 +7,7 @@ import pytest
 import irzoo
 from rtl_gen.config import AccelConfig
 from test_accelerator import run_core
-from zakid_hw import passes, schedule
+from zakid_hw import cycle_model, passes, schedule
 from zakid_hw.ir import dtype_range
 from zakid_hw.simulate import signed_codes
 
@@ -20,7 +20,7 @@ from zakid_hw.simulate import signed_codes
     (irzoo.cnn_raw, 4, 4, "uint8", "affine", 1),
     (irzoo.cnn_pw, 4, 4, "uint8", "tables", 2),  # three pointwise layers on two pixels at once
     (irzoo.cnn_pw, 4, 4, "int8", "affine", 1),  # the same one pixel at a time: each starts while the layer
-                                                # before drains (schedule.can_chain)
+                                                # before drains (cycle_model.can_chain)
     (irzoo.cnn_pk, 4, 4, "int8", "tables", 2),  # three convolutions with kernels and padding, the same
     (irzoo.cnn_pk, 4, 4, "uint8", "affine", 2),
     (irzoo.cnn_ps, 4, 4, "int8", "tables", 2),  # a one-channel convolution on pairs by shifting, B's last
@@ -43,7 +43,7 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pix
     want = np.stack([prog.accel_golden(r) for r in rows])
     np.testing.assert_array_equal(got, want)
     image = schedule.memory_image(prog, lanes, requantizer)
-    assert set(res["cycles"]) == {schedule.cycles_per_run(image)}
+    assert set(res["cycles"]) == {cycle_model.cycles_per_run(image)}
     if make is irzoo.cnn_pw and pixels == 1:
         assert [bool(d.chain_gap) for d in image.layers] == [False, False, True, False, True, False]
     elif make is irzoo.cnn_pw:

@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 
 import irzoo
 from rtl_gen.controller import Controller
-from zakid_hw import passes, schedule
+from zakid_hw import cycle_model, passes, schedule
 
 #: what the controller tells the rest of the accelerator every cycle
 PORTS = ("busy", "issue", "first", "last", "layer", "rd_addr", "rd_valid", "w_addr", "o_addr", "ch_base",
@@ -63,7 +63,7 @@ def test_same_steps_after_an_inference_and_after_a_reset(make, lanes, pixels):
     image, (first, again, after_reset) = run(make, lanes, pixels)
     issue, layer = PORTS.index("issue"), PORTS.index("layer")
     issued = [sum(t[issue] for t in first if t[layer] == i) for i in range(len(image.layers))]
-    assert issued == schedule.layer_steps(image)  # every step, once: the cycle model's MAC steps
+    assert issued == cycle_model.layer_steps(image)  # every step, once: the cycle model's MAC steps
     if pixels == 2:
         assert any(d.pair for d in image.layers)
     assert again == first

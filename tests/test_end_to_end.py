@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from modelzoo import ort_run
-from zakid_hw import schedule
+from zakid_hw import cycle_model
 from zakid_hw.compiler import compile_model
 from zakid_hw.simulate import golden_outputs, simulate_model
 
@@ -34,7 +34,7 @@ def test_whole_digits_set_in_rtl_equals_onnxruntime(digits):
     acc_rtl = float((res.outputs.reshape(len(xs), -1).argmax(1) == ys).mean())
     acc_ort = float((want.reshape(len(xs), -1).argmax(1) == ys).mean())
     assert acc_rtl == acc_ort > 0.95
-    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
+    assert set(res.cycles) == {cycle_model.cycles_per_run(c.image)}
 
 
 def test_float_model_with_calibration_in_rtl(digits, tmp_path):

@@ -1,7 +1,6 @@
 """Design-space exploration and the cost model: candidates, the choice, the Pareto front, the CLI, and the
 resource predictions against real builds (bench/cost_calibration.json)."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +26,8 @@ def test_latency_objective_takes_the_fewest_cycles_that_fit():
 
 
 def schedule_cycles(c):
-    from zakid_hw import schedule
-    return schedule.cycles_per_run(c.image)
+    from zakid_hw import cycle_model
+    return cycle_model.cycles_per_run(c.image)
 
 
 def test_area_objective_takes_the_fewest_logic_cells():
@@ -156,7 +155,7 @@ def test_pointwise_layers_run_two_pixels_per_weight_word():
     """The DS-CNN's weights stream from SPRAM (8 int8 weights a cycle); its pointwise layers take each
     weight word for two output pixels, so they run at twice the products per cycle."""
     import numpy as np
-    from zakid_hw import schedule
+    from zakid_hw import cycle_model
     models = ROOT / "bench" / "models"
     cal = np.load(models / "kws_calib.npy")
     two = compile_model(models / "kws_dscnn_c32.onnx", calibration=cal)
@@ -164,8 +163,8 @@ def test_pointwise_layers_run_two_pixels_per_weight_word():
     assert (two.config.pixels, two.config.lanes, two.config.dsp_blocks, two.config.weights_in_spram) == (2, 8, 8, True)
     assert [d.pair for d in two.image.layers] == [int(l.kind == "conv" and l.geometry["kh"] == 1 and l.pixels > 1)
                                                   for l in two.program.layers]
-    c2, c1 = schedule.layer_cycles(two.image), schedule.layer_cycles(one.image)
-    s2, s1 = schedule.layer_steps(two.image), schedule.layer_steps(one.image)
+    c2, c1 = cycle_model.layer_cycles(two.image), cycle_model.layer_cycles(one.image)
+    s2, s1 = cycle_model.layer_steps(two.image), cycle_model.layer_steps(one.image)
     for d, a, b, sa, sb in zip(two.image.layers, c2, c1, s2, s1):
         # (the one-pixel design's pointwise layers start while the layer before drains, so that one's cycles
         # differ by the wait; its steps do not)

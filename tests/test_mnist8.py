@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from modelzoo import ort_session
-from zakid_hw import datasets, schedule
+from zakid_hw import cycle_model, datasets
 from zakid_hw.compiler import compile_model
 from zakid_hw.quantize_float import quantize_float
 from zakid_hw.simulate import golden_outputs, simulate_model
@@ -50,7 +50,7 @@ def test_mnist8_rtl_accuracy_equals_onnxruntime(mnist):
     np.testing.assert_array_equal(res.outputs.reshape(ort.shape), ort)
     acc = float((res.outputs.reshape(len(xs), -1).argmax(1) == ys).mean())
     assert acc > 0.95
-    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
+    assert set(res.cycles) == {cycle_model.cycles_per_run(c.image)}
 
 
 def test_mnist8_builds_bitstream_and_flash_image(mnist, tmp_path):

@@ -32,7 +32,7 @@ QD = "qonnx.custom_op.general"
 F = np.float32
 
 # qonnx builds one single-node model per standard node with the newest onnx IR version (14 with
-# onnx >= 1.20), which onnxruntime 1.31 refuses; lower it as onnx_import.ORT_MAX_IR_VERSION does.
+# onnx >= 1.20), which onnxruntime 1.31 refuses; lower it as onnx_common.ORT_MAX_IR_VERSION does.
 _make_model = qonnx_exec.qonnx_make_model
 
 

@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from amaranth import Module, Signal
+from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

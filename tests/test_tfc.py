@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zakid_hw import schedule
+from zakid_hw import cycle_model
 from zakid_hw.compiler import compile_model
 from zakid_hw.simulate import golden_outputs, simulate_model
 
@@ -31,4 +31,4 @@ def test_tfc_w2a2_in_rtl_equals_golden():
     want = golden_outputs(c, xs)
     np.testing.assert_array_equal(res.outputs.reshape(want.shape), want)
     assert int(np.argmax(res.outputs[0])) == int(np.load(TFC / "tfc_mnist_output.npy").reshape(-1)[0])
-    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
+    assert set(res.cycles) == {cycle_model.cycles_per_run(c.image)}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zakid_hw import schedule
+from zakid_hw import cycle_model
 from zakid_hw.compiler import compile_model
 from zakid_hw.errors import ZakidError
 from zakid_hw.simulate import golden_outputs, simulate_model
@@ -31,7 +31,7 @@ def test_dscnn_c32_in_rtl_equals_golden():
     xs = np.load(MODELS / "kws_x.npy")[:3]
     res = simulate_model(c, xs)
     np.testing.assert_array_equal(res.outputs.reshape(-1), golden_outputs(c, xs).reshape(-1))
-    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
+    assert set(res.cycles) == {cycle_model.cycles_per_run(c.image)}
 
 
 def test_autoencoder_in_rtl_equals_golden():
@@ -40,4 +40,4 @@ def test_autoencoder_in_rtl_equals_golden():
     xs = np.load(MODELS / "ad_x.npy")[[0, 1, 150]]
     res = simulate_model(c, xs)
     np.testing.assert_array_equal(res.outputs.reshape(-1), golden_outputs(c, xs).reshape(-1))
-    assert set(res.cycles) == {schedule.cycles_per_run(c.image)}
+    assert set(res.cycles) == {cycle_model.cycles_per_run(c.image)}

@@ -6,7 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 from amaranth.back import rtlil
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

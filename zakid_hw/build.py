@@ -18,7 +18,7 @@ from boards.top import BoardTop
 from rtl_gen.accelerator import weight_flash_bytes
 from rtl_gen.system import AcceleratorSystem
 
-from . import cost_model, schedule
+from . import cost_model, cycle_model
 from .compiler import Compiled
 from .errors import ZakidError
 from .flash_image import WEIGHTS_OFFSET, flash_image
@@ -77,7 +77,7 @@ def _rtl_check(c: Compiled, log) -> list[int]:
     if mismatches:
         raise ZakidError(f"internal error: the generated RTL differs from the golden model on {mismatches} "
                          f"outputs of {want.size}; please report this with the model")
-    predicted = schedule.cycles_per_run(c.image)
+    predicted = cycle_model.cycles_per_run(c.image)
     if len(set(cycles)) != 1 or cycles[0] != predicted:
         raise ZakidError(f"internal error: simulated cycles {sorted(set(cycles))} differ from the cycle model "
                          f"({predicted}); please report this with the model")
@@ -117,7 +117,7 @@ def _build_into(compiled: Compiled, out: Path, *, seed, seeds, calibration_path,
     # place and route follows Yosys on its core; the other seeds start once the check is done. (Measured on
     # the C=32 DS-CNN: two compile jobs beside Yosys cost it 9 s; the check beside two nextpnr runs slows
     # them.) An RTL check that fails still waits for the other.
-    log(f"[1/3] RTL simulation: checking the generated design against the golden model")
+    log("[1/3] RTL simulation: checking the generated design against the golden model")
     log(f"[2/3] Synthesis, place and route for {c.board.name} ({c.board.device.part}) at {c.config.clock_mhz:g} MHz"
         " (alongside the RTL check)")
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -175,8 +175,8 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
     roofs = cost_model.layer_rooflines(c.config, c.image, c.memories, c.program.layers)
-    steps = schedule.layer_steps(c.image)
-    for l, d, cyc, roof, st in zip(c.program.layers, c.image.layers, schedule.layer_cycles(c.image), roofs, steps):
+    steps = cycle_model.layer_steps(c.image)
+    for l, d, cyc, roof, st in zip(c.program.layers, c.image.layers, cycle_model.layer_cycles(c.image), roofs, steps):
         g = l.geometry
         layers.append({"name": l.name, "op": l.kind, "input": [g["c_in"], g["h"], g["w"]],
                        "output": [l.n, g["oh"], g["ow"]], "kernel": [g["kh"], g["kw"]], "steps_per_output": l.k,
@@ -206,7 +206,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "device_limit_cycles": cost_model.device_limit(c.board.device, c.program.macs, c.image.w_width),
         "batch": batch,
         "cycles_per_run": cycles,
-        "cycles_per_inference": schedule.per_inference(cycles, batch),
+        "cycles_per_inference": cycle_model.per_inference(cycles, batch),
         "mac_steps": sum(steps),
         "mac_bound_cycles": sum(l["mac_bound_cycles"] for l in layers),
         "clock_mhz": round(clock, 3),
@@ -248,7 +248,7 @@ def text_report(r: dict) -> str:
         f"{', x 2 output pixels in paired convolutions' if r.get('pixels') == 2 else ''}, clock {r['clock_mhz']} MHz "
         f"(Fmax {r['fmax_mhz']} MHz{'' if r['timing_met'] else ', TIMING NOT MET'})",
         f"  speed:       {r['cycles_per_run']} cycles = {r['latency_us']} us per "
-        + (f"inference, " if r["batch"] == 1 else
+        + ("inference, " if r["batch"] == 1 else
            f"run of {r['batch']} inferences ({r['cycles_per_inference']:g} cycles each), ")
         + f"{r['inferences_per_s']:.0f} inferences/s (roofline {r['roofline_cycles']} cycles, "
         f"{r['efficiency']:.1%} of it; device limit {r['device_limit_cycles']})",

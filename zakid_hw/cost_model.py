@@ -1,7 +1,7 @@
 """What a configuration costs before it is built: device resources, and the roofline its cycles are
 measured against.
 
-Cycles need no model here: :func:`zakid_hw.schedule.cycles_per_run` is exact (every RTL test checks
+Cycles need no model here: :func:`zakid_hw.cycle_model.cycles_per_run` is exact (every RTL test checks
 it). Block RAM and SPRAM come from the memory plan (:func:`memory_plan`), which follows Yosys's own rule
 for putting a memory in block RAM or in logic (:func:`ebr_blocks`). Logic cells
 come from :func:`logic_cells`, a sum of the design's parts whose coefficients were fitted to real builds

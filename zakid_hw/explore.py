@@ -4,7 +4,7 @@ and predicted resources, the Pareto front of latency against logic cells, and th
 A configuration (:class:`Candidate`) is a lane count, the DSP packing (one or two int8 products per
 SB_MAC16), the output pixels a weight word serves (two: a second bank of lanes for convolutions),
 where the weights live (block RAM or SPRAM) and the requantizer's table form. Cycles come from
-the exact cycle model (:func:`zakid_hw.schedule.cycles_per_run`), resources from
+the exact cycle model (:func:`zakid_hw.cycle_model.cycles_per_run`), resources from
 :mod:`zakid_hw.cost_model`. Latency is cycles at the design's clock: the one asked for, or with none asked
 for the device's default for the design's predicted size (:func:`zakid_hw.compiler.automatic_clock_mhz`),
 so a smaller design may run at a faster clock than a larger one.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from rtl_gen.config import AccelConfig
 
-from . import cost_model, schedule
+from . import cost_model, cycle_model, schedule
 from .errors import ZakidError
 
 #: lane counts explored (powers of two; fewer than twice the widest layer's outputs)
@@ -137,7 +137,7 @@ def evaluate(board, lowered, cands, *, base_config: AccelConfig, clock_for=None,
         key = (c.lanes, c.pixels, c.requantizer)
         if key not in images:
             images[key] = schedule.memory_image(programs[pk], c.lanes, c.requantizer)
-            cycles[key] = schedule.cycles_per_run(images[key])
+            cycles[key] = cycle_model.cycles_per_run(images[key])
         image = images[key]
         if c.pixels == 2 and not any(d.pair for d in image.layers):
             continue

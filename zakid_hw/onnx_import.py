@@ -80,7 +80,7 @@ from .errors import ZakidError
 from .ir import Graph, Node, Tensor, dtype_range
 from .onnx_cnn import CnnOps, LOWER_CNN
 from .onnx_islands import IslandOps
-from .onnx_common import (ORT_MAX_IR_VERSION, _ONNX_DTYPES, AccValue, DQConst, DQValue, Island,  # noqa: F401
+from .onnx_common import (_ONNX_DTYPES, AccValue, DQConst, DQValue, Island,
                           IRValue, SoftmaxValue, _fail, _scalar, multiplier, ort_session)
 
 #: ops accepted per model form; (domain, op_type), domain "" is the default ONNX domain

@@ -329,7 +329,8 @@ def quantize_float(model, calibration, scheme: dict | None = None):
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
         quantize_static
 
-    from .onnx_import import ORT_MAX_IR_VERSION, _graph_inputs, static_shape
+    from .onnx_common import ORT_MAX_IR_VERSION
+    from .onnx_import import _graph_inputs, static_shape
 
     scheme = dict(DEFAULT_SCHEME, **(scheme or {}))
     inp = _graph_inputs(model)[0]
