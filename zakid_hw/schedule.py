@@ -250,8 +250,8 @@ def make_program(graph: Graph, lanes: int = 8, pixels: int = 1, batch: int = 1) 
     becomes a row of ``batch`` pixels (inference i in pixel i) and every dense layer a pointwise
     convolution over them. A layer's pixels follow each other with no wait (the drain empties one while
     the next is summed), and a layer starts on its first pixels while the layer before still drains its
-    last (:func:`zakid_hw.cycle_model.can_chain`): the waits through the pipeline come once per run instead of once per
-    inference. The host steps run per inference (:meth:`Program.to_codes`)."""
+    last (:func:`zakid_hw.cycle_model.can_chain`): the waits through the pipeline come once per run
+    instead of once per inference. The host steps run per inference (:meth:`Program.to_codes`)."""
     if not isinstance(batch, int) or batch < 1:
         raise ZakidError(f"--batch must be a positive number of inferences, got {batch}")
     nodes = list(graph.nodes)
@@ -737,8 +737,10 @@ class LayerDescriptor:
     raw_bytes: int = 0  # >0: write each accumulator as this many bytes instead of requantizing it
     out_group_step: int = 0  # bytes between the outputs of consecutive lane groups
     chain_gap: int = 0  # >0: start this many cycles after the previous layer's last MAC step, while that
-                        # layer still drains (see cycle_model.chain_gaps); 0: once the previous layer is all written
-    tail: int = 0       # cycles from this layer's last MAC step to the next layer's first or to done (cycle_model.layer_tails)
+                        # layer still drains (see cycle_model.chain_gaps); 0: once the previous layer is all
+                        # written
+    tail: int = 0       # cycles from this layer's last MAC step to the next layer's first or to done
+                        # (cycle_model.layer_tails)
     pair: int = 0       # 1: each group works on two output pixels, A (the loop's pixel) and B (the next one);
                         # the loop walks pairs (see pairable)
     b_last: int = 0     # pair layers: 1 if the last pair's B pixel exists (an even pixel count)
