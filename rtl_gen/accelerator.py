@@ -12,7 +12,7 @@ from .mac_array import MacArray
 from .requantizer import AffineRequantizer, ThresholdRequantizer
 from .spram import SpramMemory
 from zakid_hw.flash_image import pack_words
-from zakid_hw.schedule import pads_pixel_b, peeks
+from zakid_hw.schedule import COL, col_delays, pads_pixel_b, peeks
 
 
 def weight_word_values(image) -> list[int]:
@@ -66,7 +66,8 @@ class Accelerator(wiring.Component):
     register per bank while its bytes are used; in a "shift" pair layer (one input channel) bank B takes
     instead the code bank A takes a step later, and at each kernel row's last column either A's code of an
     extra column (zero weights) or, in a "peek" layer, the byte after A's in A's word (read again into B's
-    word register). The drain writes A's outputs, then B's.
+    word register); in a "col" pair layer (one input channel, pixel B above A) B takes the code A took
+    ``pair_delay`` steps before, from a delay line. The drain writes A's outputs, then B's.
     """
 
     def __init__(self, config: AccelConfig, image):
@@ -199,8 +200,10 @@ class Accelerator(wiring.Component):
         def centered(code):  # an int8 code as it is; a uint8 code minus 128 (see schedule.CENTER)
             return Mux(in_signed[lay], code, code ^ 0x80).as_signed()
 
+        codes = []
         for lane in range(L):
             code = Signal(8, name=f"code{lane}")
+            codes.append(code)
             with m.If(~s2["inb"]):
                 m.d.comb += code.eq(pad_code[lay])
             with m.Elif(chan[lay]):
@@ -236,11 +239,22 @@ class Accelerator(wiring.Component):
                     m.d.sync += inb_b[2].eq(inb_b[1])
                 code_b = Mux(inb_b[2], code_b, pad_code[s3["layer"]])
             x_b = Mux(in_signed[s3["layer"]], code_b, code_b ^ 0x80).as_signed()
-            if any(x.pair_shift for x in descs):
+            if any(x.pair_shift and x.pair_shift != COL for x in descs):
                 # a "shift" pair layer (one input channel): B's tap is A's one kernel column on, the code
                 # bank A takes this cycle, which is the next step's (but at a "peek" layer's last column)
-                take_a = Array(C(int(x.pair_shift != 0), 1) for x in descs)[s3["layer"]]
+                take_a = Array(C(int(x.pair_shift not in (0, COL)), 1) for x in descs)[s3["layer"]]
                 x_b = Mux(take_a & ~rdb[1] if peek else take_a, macs.x[0], x_b)
+            delays = col_delays(descs)
+            if any(delays):
+                # a "col" pair layer (one input channel): B, the pixel above, takes the code A took
+                # pair_delay steps before, from a delay line (B's step is a cycle behind A's, so one more).
+                # The line takes the code before it is centred (one logic level less in front of it)
+                line = [Signal(8, name=f"col{i}") for i in range(max(delays) + 1)]
+                m.d.sync += [line[0].eq(codes[0]), *(b.eq(a) for a, b in zip(line, line[1:]))]
+                taps = sorted(set(x for x in delays if x))
+                tap = line[taps[0]] if len(taps) == 1 else Array(line[x or taps[0]] for x in delays)[s3["layer"]]
+                is_col = Array(C(int(x > 0), 1) for x in delays)[s3["layer"]]
+                x_b = Mux(is_col, Mux(in_signed[s3["layer"]], tap, tap ^ 0x80).as_signed(), x_b)
             m.d.comb += [*(macs_b.x[lane].eq(x_b) for lane in range(L)), macs_b.w.eq(w_q),
                          macs_b.valid.eq(s2["valid"]), macs_b.first.eq(s2["first"]), macs_b.is_max.eq(0)]
 

@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from zakid_hw.cycle_model import group_turn
-from zakid_hw.schedule import pads_pixel_b, peeks
+from zakid_hw.schedule import col_delays, pads_pixel_b, peeks
 
 #: descriptor fields the controller latches at the start of each layer (see
 #: :class:`zakid_hw.schedule.LayerDescriptor`); signed ones may be negative
@@ -46,7 +46,8 @@ class Controller(wiring.Component):
         ch_base:  out: the group's first output channel.
         group_n:  out: how many lanes of the current group hold real outputs.
         pair_b:   out, 1: a pair layer's group whose second pixel (B) exists (see
-                  :func:`zakid_hw.schedule.pairable`; it is missing from the last pair of an odd count).
+                  :func:`zakid_hw.schedule.pairable`; it is missing from the last pair of an odd count, and
+                  from a "col" layer's first row of pairs when its row count is odd).
         hold:     out, 1: a pair layer's step that uses the input word read at the word's first step
                   (every step but the first of ``lanes``): the word register keeps its value.
         rd_b:     out, 1: this step reads pixel B's word (the second step of each word of a "line" or
@@ -104,7 +105,8 @@ class Controller(wiring.Component):
         # the running layer's descriptor, latched from a constant table
         # loop bounds are kept as "last index" (count - 1) so that the end tests are plain equalities
         peek = peeks(d)
-        fields = FIELDS + ("pair_shift",) * peek
+        col = any(col_delays(d))
+        fields = FIELDS + ("pair_shift",) * peek + ("b_first", "out_row") * col
         minus = {f: int(f in LOOP_COUNTS) for f in fields}
         table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in fields}
         cfg = {f: Signal(signed(aw), name=f"cfg_{f}", reset_less=True) for f in fields}
@@ -162,6 +164,7 @@ class Controller(wiring.Component):
         # sums modulo the address range
         o_pix, ooff = Signal(self.out_width, reset_less=True), Signal(self.out_width, reset_less=True)
         first = Signal(reset_less=True)  # the next step starts a group
+        first_row = Signal(reset_less=True)  # a "col" pair layer's first row of pairs (its B may be missing)
 
         rows_in = (iy_k >= 0) & (iy_k < cfg["h"])
         inside = rows_in & (ix_k >= 0) & (ix_k < cfg["w"])
@@ -171,7 +174,8 @@ class Controller(wiring.Component):
             self.first.eq(first),
             self.last.eq(group_end),
             self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci_rd)),
-            self.pair_b.eq(cfg["pair"][0] & (~(end["ow"] & end["oh"]) | cfg["b_last"][0])),
+            self.pair_b.eq(cfg["pair"][0] & (~(end["ow"] & end["oh"]) | cfg["b_last"][0])
+                           & (~first_row | cfg["b_first"][0] if col else 1)),
             self.hold.eq(cfg["pair"][0] & (word_pos != 0)),
             self.rd_b.eq(cfg["pair"][0] & ((word_pos == 1) | (cfg["pair_shift"][1] & end["kw"] & self.issue))
                          if peek else cfg["pair"][0] & (word_pos == 1)),
@@ -188,7 +192,8 @@ class Controller(wiring.Component):
             return [ci.eq(0), ci_rd.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
                     a_line.eq(src["start"]), a_px.eq(src["start"]), a_ky.eq(src["start"]), a_kx.eq(src["start"]),
                     iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
-                    goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"])]
+                    goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"]),
+                    *[first_row.eq(1)] * col]
 
         wait = Signal(bits_for(max(x.tail for x in d)), reset_less=True)
         wait_end = Signal(reset_less=True)
@@ -242,6 +247,8 @@ class Controller(wiring.Component):
                                          a_ky.eq(a_px + cfg["inc_ox"]), a_kx.eq(a_px + cfg["inc_ox"]),
                                          ix_px.eq(ix_px + cfg["sx"]), ix_k.eq(ix_px + cfg["sx"]), iy_k.eq(iy_px)]
                         with m.Elif(~end["oh"]):
+                            if col:  # a "col" layer's next row of pairs: its A pixels are two rows down
+                                m.d.sync += [first_row.eq(0), o_pix.eq(o_pix + cfg["out_pitch"] + cfg["out_row"])]
                             m.d.sync += [*restart("ow"), *step("oh"), a_line.eq(a_line + cfg["inc_oy"]),
                                          a_px.eq(a_line + cfg["inc_oy"]), a_ky.eq(a_line + cfg["inc_oy"]),
                                          a_kx.eq(a_line + cfg["inc_oy"]), ix_px.eq(cfg["ix0"]),

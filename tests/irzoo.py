@@ -187,6 +187,20 @@ def cnn_pc(rng, dtype="int8"):
     return b.graph(t)
 
 
+def cnn_pv(rng, dtype="int8"):
+    """one-channel convolutions whose pixels pair with the pixel above ("col", see schedule.pair_form):
+    4x3 kernel, stride 2 both ways, padding, 7x3 outputs (an odd row count: the first row of pairs has
+    no second pixel), 6 outputs (a partial lane group with 4 lanes); a 1x1 convolution down to one
+    channel; then 2x4 with column stride 2 and uneven padding, 6x2 outputs (an even row count), another
+    delay; and a dense layer."""
+    b = IRBuilder(rng, (1, 1, 13, 6), dtype, "cnn_pv")
+    t = b.conv("x", 6, k=(4, 3), strides=(2, 2), pads=(2, 1, 1, 1))
+    t = b.conv(t, 1, k=(1, 1), pads=(0, 0, 0, 0))
+    t = b.conv(t, 5, k=(2, 4), strides=(1, 2), pads=(0, 1, 0, 2))
+    t = b.dense(b.flatten(t), 5)
+    return b.graph(t)
+
+
 def cnn_raw(rng, dtype="int8"):
     """a conv whose last dense layer hands its raw accumulators to the host (as QONNX models end)."""
     b = IRBuilder(rng, (1, 2, 4, 4), dtype, "cnn_raw")

@@ -27,6 +27,8 @@ from zakid_hw.simulate import signed_codes
     (irzoo.cnn_ps, 4, 4, "uint8", "affine", 2),  # tap peeked from A's word
     (irzoo.cnn_pc, 4, 4, "int8", "affine", 2),  # the same with one more kernel column instead
     (irzoo.cnn_pc, 4, 4, "uint8", "tables", 2),
+    (irzoo.cnn_pv, 4, 4, "int8", "tables", 2),  # one-channel convolutions on pixel pairs down the columns
+    (irzoo.cnn_pv, 4, 4, "uint8", "affine", 2),
 ])
 def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pixels, tmp_path):
     rng = np.random.default_rng(lanes)
@@ -55,6 +57,9 @@ def test_cnn_core_matches_golden(make, lanes, dsp_lanes, dtype, requantizer, pix
     elif make is irzoo.cnn_ps:
         assert [(d.pair, d.pair_shift, d.check, d.kw, d.k) for d in image.layers][0] == (1, 2, 1, 5, 15)
         assert [d.pair for d in image.layers] == [1, 0, 0]
+    elif make is irzoo.cnn_pv:
+        assert [(d.pair, d.pair_shift, d.pair_delay, d.b_first, d.kh, d.oh) for d in image.layers] == [
+            (1, schedule.COL, 6, 0, 6, 4), (0, 0, 0, 1, 1, 7), (1, schedule.COL, 4, 1, 3, 3), (0, 0, 0, 1, 6, 1)]
     elif make is irzoo.cnn_pc:
         assert [(d.pair, d.pair_shift, d.check, d.kw, d.k) for d in image.layers] == [(1, 1, 1, 5, 10),
                                                                                      (0, 0, 0, 6, 180)]

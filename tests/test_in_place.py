@@ -9,14 +9,22 @@ import irzoo
 from zakid_hw import passes, schedule
 
 
-def group_bytes(layer, src, dst, lanes, pair=False):
-    """Per lane group in issue order: (bytes read, bytes written), relative to the storages' bases. With
-    ``pair`` a group works on output pixels 2p and 2p + 1 in row-major order (schedule.pair_form: across rows
-    for a pointwise layer, within each row of an even column count otherwise)."""
+def group_bytes(layer, src, dst, lanes, form=None):
+    """Per lane group in issue order: (bytes read, bytes written), relative to the storages' bases. A pair
+    layer (``form``, see schedule.pair_form) works on output pixels 2p and 2p + 1 in row-major order (across
+    rows for a pointwise layer, within each row of an even column count otherwise), or for "col" on a
+    pixel and the one above it, two rows at a time from the bottom of the first pair (the first row alone
+    when the row count is odd)."""
     g = layer.geometry
     groups = -(-layer.n // lanes)
     outs = [(oy, ox) for oy in range(g["oh"]) for ox in range(g["ow"])]
-    units = [outs[i:i + 2] for i in range(0, len(outs), 2)] if pair else [[o] for o in outs]
+    if form == "col":
+        units = [[(oy, ox), (oy - 1, ox)][:1 + (oy > 0)] for oy in range(1 - g["oh"] % 2, g["oh"], 2)
+                 for ox in range(g["ow"])]
+    elif form:
+        units = [outs[i:i + 2] for i in range(0, len(outs), 2)]
+    else:
+        units = [[o] for o in outs]
     for unit in units:
         pixels = [iy * g["w"] + ix for oy, ox in unit
                   for ky in range(g["kh"]) for kx in range(g["kw"])
@@ -36,8 +44,8 @@ def check_no_hazard(prog, lanes):
         src, dst = prog.views[layer.inputs[0]].storage, prog.views[layer.output].storage
         if not any(a is src and b is dst for a, b, _ in pairs):
             continue
-        pair = schedule.pairable(layer, prog.views[layer.inputs[0]], prog.views[layer.output], lanes, prog.pixels)
-        seq = list(group_bytes(layer, src, dst, lanes, pair))
+        form = schedule.paired_form(layer, prog.views[layer.inputs[0]], lanes, prog.pixels)
+        seq = list(group_bytes(layer, src, dst, lanes, form))
         later_reads: set[int] = set()
         for reads, writes in reversed(seq):
             assert not {dst.base + w for w in writes} & later_reads, layer.name
@@ -47,7 +55,7 @@ def check_no_hazard(prog, lanes):
 
 @pytest.mark.parametrize("make,lanes,pixels,in_place", [
     (irzoo.cnn_a, 4, 1, True), (irzoo.cnn_b, 8, 1, False), (irzoo.cnn_c, 4, 1, False), (irzoo.cnn_c, 8, 1, False),
-    (irzoo.cnn_pw, 4, 2, True), (irzoo.cnn_pk, 4, 2, True), (irzoo.cnn_ps, 4, 2, True)])
+    (irzoo.cnn_pw, 4, 2, True), (irzoo.cnn_pk, 4, 2, True), (irzoo.cnn_ps, 4, 2, True), (irzoo.cnn_pv, 4, 2, True)])
 def test_in_place_layers_never_overwrite_what_a_later_group_reads(make, lanes, pixels, in_place):
     prog = schedule.make_program(passes.lower_for_hardware(make(np.random.default_rng(3), "int8")), lanes, pixels)
     pairs = check_no_hazard(prog, lanes)
@@ -79,7 +87,7 @@ def test_in_place_offsets_of_a_chain():
                "int8", "int8", (0, 0), dict(geo, kh=1, kw=1, pt=0, pl=0, pb=0, pr=0))
     assert in_place_offset(pw, src, dst, 8) == 24
     # on two pixels at once a group writes the second pixel's channels before the pair's next group reads them
-    assert in_place_offset(pw, src, dst, 8, pair=True) == 32 + 24
+    assert in_place_offset(pw, src, dst, 8, "line") == 32 + 24
 
 
 @pytest.mark.parametrize("geo,c_in,form,laid_out,steps,pairs", [
@@ -93,7 +101,13 @@ def test_in_place_offsets_of_a_chain():
     (dict(kh=3, kw=3, oh=5, ow=4), 1, "shift", "peek", 9, False),               # 9 steps < 16
     (dict(kh=5, kw=5, oh=5, ow=4), 1, "shift", "peek", 25, True),               # (B's last taps are padding)
     (dict(kh=5, kw=5, oh=5, ow=4, w=7), 1, "shift", "shift", 30, True),         # rows of 7: some cross words
-    (dict(kh=5, kw=5, oh=5, ow=4, dx=2), 1, None, None, 25, False),             # dilated columns
+    # one channel, no "shift" (dilated or strided columns, an odd column count): B is the pixel above
+    (dict(kh=5, kw=5, oh=5, ow=4, dx=2), 1, "col", "col", 30, True),            # dilated columns
+    (dict(kh=4, kw=4, oh=5, ow=3, sx=2, sy=2, h=12, w=8), 1, "col", "col", 24, True),  # as the DS-CNN's first
+    (dict(kh=3, kw=3, oh=5, ow=2, sx=2, w=4), 1, "col", "col", 12, False),     # 12 steps < 16
+    (dict(kh=3, kw=3, oh=5, ow=3, sx=2, sy=3, h=15, w=8), 1, None, None, 9, False),  # no fewer steps
+    (dict(kh=2, kw=9, oh=5, ow=3, sx=2, sy=2, h=10, w=24), 1, None, None, 18, False),  # B 18 steps behind
+    (dict(kh=3, kw=3, oh=5, ow=3, dy=2, sx=2, h=12, w=8), 1, None, None, 9, False),  # dilated rows
 ])
 def test_pair_forms(geo, c_in, form, laid_out, steps, pairs):
     """Which convolutions run two output pixels per weight word (8 lanes), how (by geometry, then with the

@@ -80,7 +80,9 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
         writes = []  # (first output byte, first lane's write cycle, lanes) per group and pixel
         units = desc.oh * desc.ow
         for p in range(units):
-            has_b = p < units - 1 or desc.b_last  # pair layers: the group's pixel B exists
+            # pair layers: the group's pixel B exists (not in the last pair of an odd count, nor in a "col"
+            # layer's first row of pairs with an odd row count)
+            has_b = (p < units - 1 or desc.b_last) and (p >= desc.ow or desc.b_first)
             for g in range(desc.groups):
                 lanes_g = desc.n_last if g == desc.groups - 1 else lanes
                 n = desc.drain_cycles(lanes_g, has_b)
@@ -93,7 +95,8 @@ def _timeline(descs, lanes: int, requant_latency: int, may_chain=None) -> tuple[
                 last_step = t + desc.k - 1
                 prev = (last_step, group_turn(n))
                 t = last_step + 1
-                o, w0 = desc.out_base + p * desc.out_pitch + g * desc.out_group_step, last_step + PIPELINE_TO_DRAIN + requant_latency
+                o = desc.out_base + p * desc.out_pitch + p // desc.ow * desc.out_row + g * desc.out_group_step
+                w0 = last_step + PIPELINE_TO_DRAIN + requant_latency
                 writes.append((o, w0, lanes_g))
                 if desc.pair and has_b:  # B's outputs follow A's through the drain
                     writes.append((o + desc.pair_out, w0 + lanes_g, lanes_g))

@@ -504,7 +504,12 @@ def pairable(layer: Layer, src: View, dst: View, lanes: int, pixels: int) -> boo
       pixel B is A's right neighbour, its window A's shifted one input column (B's own padding check);
     - "shift": the same with one input channel and column dilation 1: B's tap at kernel column kx is A's at
       kx + 1, so B takes the code A takes a step later, and A's loop takes one more column (with zero
-      weights) for B's last tap; or "peek" (:func:`shift_peeks`): B takes its last tap from A's input word.
+      weights) for B's last tap; or "peek" (:func:`shift_peeks`): B takes its last tap from A's input word;
+    - "col": one input channel and row dilation 1, when the forms above do not apply (column stride 2, an
+      odd number of output columns; :func:`col_pairs`): pixel B is the one above A, its window A's
+      ``sy`` input rows up, so B takes the code A took ``sy * kw`` steps before (a delay line), and A's
+      loop starts ``sy`` kernel rows higher (zero weights). The pairs walk rows two at a time; with an odd
+      row count the first row of pairs has no B (the row above the output).
 
     "line" and "row" need whole memory words per input pixel (the second pixel's word is read in the cycle
     after the first's and both are held while their ``lanes`` bytes are used)."""
@@ -518,7 +523,7 @@ def paired_form(layer: Layer, src: View, lanes: int, pixels: int) -> str | None:
     if not (pixels == 2 and layer.kind == "conv" and not layer.raw and lanes >= 2 and layer.pixels >= 2
             and form is not None and pair_steps(layer, form) >= 2 * lanes):
         return None
-    if form in ("shift", "peek") or (layer.geometry["c_in"] % lanes == 0 and src.storage.pitch % lanes == 0
+    if form in ("shift", "peek", "col") or (layer.geometry["c_in"] % lanes == 0 and src.storage.pitch % lanes == 0
                                      and src.offset % lanes == 0):
         return form
     return None
@@ -531,13 +536,26 @@ def pair_form(layer: Layer, src: View | None = None, lanes: int = 0) -> str | No
     if (g["kh"] == g["kw"] == g["sy"] == g["sx"] == 1 and g["pt"] == g["pl"] == 0
             and (g["oh"], g["ow"]) == (g["h"], g["w"])):
         return "line"
-    if g["sx"] != 1 or g["ow"] % 2:
-        return None
+    if g["sx"] != 1 or g["ow"] % 2 or (g["c_in"] == 1 and g["dx"] != 1):
+        return "col" if col_pairs(layer) else None
     if g["c_in"] == 1:
-        if g["dx"] != 1:
-            return None
         return "peek" if src is not None and shift_peeks(layer, src, lanes) else "shift"
     return "row"
+
+
+#: the most steps a "col" pair's bank B may lag bank A's codes (kernel rows skipped x kernel columns): the
+#: length of its delay line
+MAX_COL_DELAY = 16
+
+
+def col_pairs(layer: Layer) -> bool:
+    """Whether a one-input-channel convolution can pair each output pixel with the one below it ("col",
+    see :func:`pairable`): row dilation 1, a delay of at most MAX_COL_DELAY steps, and fewer steps than
+    one pixel at a time (an odd row count leaves the first row of pairs one pixel each)."""
+    g = layer.geometry
+    units = (g["oh"] + g["oh"] % 2) // 2
+    return (g["c_in"] == 1 and g["dy"] == 1 and g["oh"] >= 2 and g["sy"] * g["kw"] <= MAX_COL_DELAY
+            and units * (g["kh"] + g["sy"]) < g["oh"] * g["kh"])
 
 
 def shift_peeks(layer: Layer, src: View, lanes: int) -> bool:
@@ -564,29 +582,57 @@ def kernel_columns(layer: Layer, form: str | None) -> int:
     return layer.geometry["kw"] + (form == "shift")
 
 
+def kernel_rows(layer: Layer, form: str | None) -> int:
+    """Kernel rows the controller's loop walks: the layer's own, and for a "col" pair as many more (with
+    zero weights, first) as the rows between the two pixels' windows."""
+    g = layer.geometry
+    return g["kh"] + (g["sy"] if form == "col" else 0)
+
+
 def pair_steps(layer: Layer, form: str | None) -> int:
-    """MAC steps per lane group (see :func:`kernel_columns`)."""
-    return layer.k // layer.geometry["kw"] * kernel_columns(layer, form)
+    """MAC steps per lane group (see :func:`kernel_columns` and :func:`kernel_rows`)."""
+    g = layer.geometry
+    return layer.k // (g["kh"] * g["kw"]) * kernel_rows(layer, form) * kernel_columns(layer, form)
 
 
 def peeks(descs) -> bool:
     """Whether some layer is a "peek" pair (:func:`shift_peeks`), so the controller and bank B carry its
     last-column logic."""
-    return any(d.pair_shift == 2 for d in descs)
+    return any(d.pair_shift == PEEK for d in descs)
+
+
+def col_delays(descs) -> list[int]:
+    """Each layer's "col" delay (steps bank B lags bank A's codes), 0 for the others."""
+    return [d.pair_delay if d.pair_shift == COL else 0 for d in descs]
 
 
 def pads_pixel_b(descs) -> bool:
     """Whether bank B needs its own padding check: some "row" or "peek" pair layer pads (a "line" pair
     never pads, a "shift" pair takes bank A's codes, padding included)."""
-    return any(d.pair and d.check and d.pair_shift != 1 for d in descs)
+    return any(d.pair and d.check and d.pair_shift in (0, PEEK) for d in descs)
 
 
-def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, pair: bool = False) -> int:
+def issue_units(layer: Layer, form: str | None) -> list[list[int]]:
+    """The output pixels (row-major indices) each step of the pixel loop works on, in issue order: one
+    pixel, or a pair (see :func:`pairable`): 2p and 2p + 1, or for "col" a pixel and the one above it, two
+    rows at a time (the first row of pairs alone when the row count is odd)."""
+    g = layer.geometry
+    n_px = g["oh"] * g["ow"]
+    if form is None:
+        return [[p] for p in range(n_px)]
+    if form != "col":
+        return [[p, p + 1][: n_px - p] for p in range(0, n_px, 2)]
+    odd = g["oh"] % 2
+    return [[a * g["ow"] + ox] + ([(a - 1) * g["ow"] + ox] if a else [])
+            for a in range(1 - odd, g["oh"], 2) for ox in range(g["ow"])]
+
+
+def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, form: str | None = None) -> int:
     """How far below its input a layer's output may start (bytes, a multiple of ``lanes``; negative:
     above) so that no output is written over an input byte that a later lane group still reads. Outputs
     are written after their own group's reads, so a group may overwrite what only it and earlier groups
-    read; that holds whatever the pipeline's timing. With ``pair`` (see :func:`pairable`) a group works
-    on output pixels 2p and 2p + 1 at once."""
+    read; that holds whatever the pipeline's timing. A pair layer (``form``, see :func:`pairable`) works
+    on the pixels of :func:`issue_units` at once."""
     g = layer.geometry
     groups = -(-layer.n // lanes)
     oy, ky = np.arange(g["oh"])[:, None], np.arange(g["kh"])[None, :]
@@ -600,10 +646,10 @@ def in_place_offset(layer: Layer, src: Storage, dst: Storage, lanes: int, pair: 
     first_px = np.where((row[:, None] < big) & (col[None, :] < big), row[:, None] * g["w"] + col[None, :], big)
     lane_off = np.arange(groups) * lanes
     read_off = lane_off if layer.channel_mode else np.zeros_like(lane_off)  # broadcast: every channel
-    n_px = g["oh"] * g["ow"]
-    units = np.arange(0, n_px, 2 if pair else 1)  # each unit's first output pixel, in issue order
-    last_px = np.minimum(units + 1, n_px - 1) if pair else units  # (a pair reads from its first pixel on)
-    reads = first_px.ravel()[units].reshape(-1, 1) * src.pitch + read_off[None, :]
+    units = issue_units(layer, form)
+    first_px = first_px.ravel()
+    last_px = np.array([max(u) for u in units])
+    reads = np.array([first_px[u].min() for u in units]).reshape(-1, 1) * src.pitch + read_off[None, :]
     n_g = np.minimum(layer.n - lane_off, lanes)
     writes_end = (last_px[:, None] * dst.pitch + lane_off[None, :] + n_g[None, :]).ravel()
     later = np.minimum.accumulate(reads.ravel()[::-1])[::-1]  # smallest address read by group j or later
@@ -624,8 +670,7 @@ def overlaps(layers: list[Layer], views: dict, lanes: int, pixels: int = 1) -> l
         writers = [j for j, x in enumerate(layers) if views[x.output].storage is d]
         if s.last != i or writers != [i] or d.c != l.n:
             continue
-        pair = pairable(l, src, dst, lanes, pixels)
-        pairs.append((s, d, in_place_offset(l, s, d, lanes, pair)))
+        pairs.append((s, d, in_place_offset(l, s, d, lanes, paired_form(l, src, lanes, pixels))))
     return pairs
 
 
@@ -698,6 +743,10 @@ def allocate(storages: list[Storage], align: int, pairs: list[tuple] = ()) -> in
 # memory image
 
 
+#: LayerDescriptor.pair_shift of the pair forms that take bank A's codes (see pairable)
+SHIFT, PEEK, COL = 1, 2, 4
+
+
 @dataclass
 class LayerDescriptor:
     """What the controller needs to know of one layer (all plain integers; addresses in bytes)."""
@@ -747,8 +796,11 @@ class LayerDescriptor:
     pair_in: int = 0    # pair layers: bytes from pixel A's input to pixel B's
     pair_out: int = 0   # pair layers: bytes from pixel A's output to pixel B's
     pair_shift: int = 0  # "shift" pair layers (see pairable): bank B takes bank A's code of the next step;
-                         # 1: A walks one more kernel column, 2 ("peek"): B takes its last column's code
-                         # from A's input word
+                         # SHIFT: A walks one more kernel column, PEEK: B takes its last column's code
+                         # from A's input word; COL: B takes A's code pair_delay steps before
+    pair_delay: int = 0  # COL pair layers: steps between A's code and B's (sy * kw)
+    b_first: int = 1    # pair layers: 0 if the first row of pairs has no B pixel (COL, an odd row count)
+    out_row: int = 0    # bytes the output address skips at each new row of pairs (COL: one output row)
 
     @property
     def step_pixels(self) -> int:
@@ -859,9 +911,9 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         groups = -(-l.n // lanes)
         form = paired_form(l, src, lanes, program.pixels)
         pair = form is not None
-        kw = kernel_columns(l, form)
-        w = np.zeros((groups * lanes, g["kh"], kw, l.k // (g["kh"] * g["kw"])), np.int64)
-        w[: l.n, :, :g["kw"]] = l.weight.reshape(l.n, g["kh"], g["kw"], -1)
+        kw, kh = kernel_columns(l, form), kernel_rows(l, form)
+        w = np.zeros((groups * lanes, kh, kw, l.k // (g["kh"] * g["kw"])), np.int64)
+        w[: l.n, kh - g["kh"]:, :g["kw"]] = l.weight.reshape(l.n, g["kh"], g["kw"], -1)
         w = w.reshape(groups * lanes, -1)
         k = w.shape[1]
         b = np.zeros(groups * lanes, np.int64)
@@ -889,7 +941,8 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
         else:
             inc_kx = g["dx"] * pitch
         # the output pixel loop: rows and columns; for a pair layer (see pairable) the pixels in pairs, row
-        # after row as one line ("line"), or each row's columns in pairs ("row")
+        # after row as one line ("line"), each row's columns in pairs ("row", "shift", "peek"), or two rows
+        # at a time ("col")
         o_pitch = dst.storage.pitch
         loop = dict(oh=g["oh"], ow=g["ow"], sx=g["sx"], inc_ox=g["sx"] * pitch, inc_oy=g["sy"] * g["w"] * pitch,
                     out_pitch=o_pitch)
@@ -897,19 +950,33 @@ def memory_image(program: Program, lanes: int, requantizer: str = "tables") -> A
             loop.update(oh=1, ow=-(-l.pixels // 2), inc_ox=2 * pitch, inc_oy=0, out_pitch=2 * o_pitch)
         elif form in ("row", "shift", "peek"):
             loop.update(ow=g["ow"] // 2, sx=2, inc_ox=2 * pitch, out_pitch=2 * o_pitch)
+        rows = dict(iy0=-g["pt"], sy=g["sy"], out_base=dst.storage.base + dst.offset)
+        col = {}
+        if form == "col":
+            # pairs of rows: A the lower pixel (its window the loop's, from kernel row sy on), B the one above;
+            # with an odd row count the first pairs' B is the row above the output, which is not written
+            odd = g["oh"] % 2
+            loop.update(oh=(g["oh"] + odd) // 2, inc_oy=2 * g["sy"] * g["w"] * pitch)
+            rows = dict(iy0=-odd * g["sy"] - g["pt"], sy=2 * g["sy"],
+                        out_base=dst.storage.base + dst.offset + (1 - odd) * g["ow"] * o_pitch)
+            col = dict(pair_delay=g["sy"] * kw * g["c_in"], b_first=1 - odd, out_row=g["ow"] * o_pitch)
+            check = int(check or rows["iy0"] < 0
+                        or rows["iy0"] + (loop["oh"] - 1) * rows["sy"] + (kh - 1) * g["dy"] >= g["h"])
         descs.append(LayerDescriptor(
             chan=int(l.channel_mode), is_max=int(l.kind == "maxpool"), in_signed=int(l.in_dtype == "int8"),
-            ci=g["c_in"] if not l.channel_mode else 1, kw=kw, kh=g["kh"], groups=groups, k=k,
-            start=s_base + (-g["pt"] * g["w"] - g["pl"]) * pitch,
+            ci=g["c_in"] if not l.channel_mode else 1, kw=kw, kh=kh, groups=groups, k=k,
+            start=s_base + (rows["iy0"] * g["w"] - g["pl"]) * pitch,
             inc_kx=inc_kx, inc_ky=g["dy"] * g["w"] * pitch,
-            check=check, iy0=-g["pt"], ix0=-g["pl"], sy=g["sy"], dy=g["dy"], dx=g["dx"],
-            h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF, out_base=dst.storage.base + dst.offset, **loop,
+            check=check, ix0=-g["pl"], dy=g["dy"], dx=g["dx"],
+            h=g["h"], w=g["w"], pad_code=g["pad_code"] & 0xFF, **rows, **loop, **col,
             n_last=l.n - (groups - 1) * lanes, w_base=len(weight_words), b_base=len(bias_values),
             table_base=tables[key], per_channel=int(l.thresholds.shape[0] > 1), base_code=l.base & 0xFF,
             raw_bytes=dst.storage.value_bytes if l.raw else 0,
             out_group_step=lanes * (dst.storage.value_bytes if l.raw else 1),
-            pair=int(pair), b_last=int(pair and l.pixels % 2 == 0), pair_in=pitch if form in ("line", "row") else 0,
-            pair_out=o_pitch if pair else 0, pair_shift={"shift": 1, "peek": 2}.get(form, 0)))
+            pair=int(pair), b_last=int(pair and (form == "col" or l.pixels % 2 == 0)),
+            pair_in=pitch if form in ("line", "row") else 0,
+            pair_out=-g["ow"] * o_pitch if form == "col" else o_pitch if pair else 0,
+            pair_shift={"shift": SHIFT, "peek": PEEK, "col": COL}.get(form, 0)))
         for gi in range(groups):
             for j in range(k):
                 weight_words.append([int(v) for v in w[gi * lanes:(gi + 1) * lanes, j]])
