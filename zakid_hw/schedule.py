@@ -549,7 +549,7 @@ MAX_COL_DELAY = 16
 
 
 def col_pairs(layer: Layer) -> bool:
-    """Whether a one-input-channel convolution can pair each output pixel with the one below it ("col",
+    """Whether a one-input-channel convolution can pair each output pixel with the one above it ("col",
     see :func:`pairable`): row dilation 1, a delay of at most MAX_COL_DELAY steps, and fewer steps than
     one pixel at a time (an odd row count leaves the first row of pairs one pixel each)."""
     g = layer.geometry
