@@ -166,6 +166,11 @@ class Controller(wiring.Component):
         first = Signal(reset_less=True)  # the next step starts a group
         first_row = Signal(reset_less=True)  # a "col" pair layer's first row of pairs (its B may be missing)
 
+        # a pair layer's group has its pixel B: not the last pair of an odd count, nor in a "col" layer's first
+        # row of pairs when its row count is odd
+        pair_b = cfg["pair"][0] & (~(end["ow"] & end["oh"]) | cfg["b_last"][0])
+        if col:
+            pair_b = pair_b & (~first_row | cfg["b_first"][0])
         rows_in = (iy_k >= 0) & (iy_k < cfg["h"])
         inside = rows_in & (ix_k >= 0) & (ix_k < cfg["w"])
         group_end = end["k"]
@@ -174,8 +179,7 @@ class Controller(wiring.Component):
             self.first.eq(first),
             self.last.eq(group_end),
             self.rd_addr.eq(a_kx + Mux(cfg["chan"][0], goff, ci_rd)),
-            self.pair_b.eq(cfg["pair"][0] & (~(end["ow"] & end["oh"]) | cfg["b_last"][0])
-                           & (~first_row | cfg["b_first"][0] if col else 1)),
+            self.pair_b.eq(pair_b),
             self.hold.eq(cfg["pair"][0] & (word_pos != 0)),
             self.rd_b.eq(cfg["pair"][0] & ((word_pos == 1) | (cfg["pair_shift"][1] & end["kw"] & self.issue))
                          if peek else cfg["pair"][0] & (word_pos == 1)),
