@@ -175,6 +175,7 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
            if k in ("lc", "dsp", "ebr", "spram", "io", "pll")}
     layers = []
     roofs = cost_model.layer_rooflines(c.config, c.image, c.memories, c.program.layers)
+    roofline = sum(roofs)
     steps = cycle_model.layer_steps(c.image)
     for l, d, cyc, roof, st in zip(c.program.layers, c.image.layers, cycle_model.layer_cycles(c.image), roofs, steps):
         g = l.geometry
@@ -201,8 +202,8 @@ def make_report(c: Compiled, cycles: int, synth, verified_rows: int) -> dict:
         "pixels": c.config.pixels,
         "exploration": {"objective": c.objective, "configurations": len(c.designs),
                         "fitting": sum(d.fits for d in c.designs), "predicted_resources": c.predicted},
-        "roofline_cycles": sum(l["roofline_cycles"] for l in layers),
-        "efficiency": cost_model.efficiency(sum(l["roofline_cycles"] for l in layers), cycles),
+        "roofline_cycles": roofline,
+        "efficiency": cost_model.efficiency(roofline, cycles),
         "device_limit_cycles": cost_model.device_limit(c.board.device, c.program.macs, c.image.w_width),
         "batch": batch,
         "cycles_per_run": cycles,

@@ -134,6 +134,7 @@ def descriptor_bits(image) -> int:
 
 def lc_terms(image, config: AccelConfig, plan: dict) -> dict:
     """How many of each part of :data:`LC` the design has."""
+    delay = max(schedule.col_delays(image.layers))  # a "col" pair layer's delay line (0: none)
     return {
         "base": 1,
         "lane": config.multipliers,
@@ -143,7 +144,7 @@ def lc_terms(image, config: AccelConfig, plan: dict) -> dict:
         "logic_rom_bit": sum(m["kept_bits"] for m in plan.values() if m["read_only"] and m["place"] == "logic"),
         "spram": int(config.weights_in_spram),
         "descriptor_bit": descriptor_bits(image),
-        "col_delay_bit": 8 * (delay + 1) if (delay := max(schedule.col_delays(image.layers))) else 0,
+        "col_delay_bit": 8 * (delay + 1) if delay else 0,
         "col": int(delay > 0),
     }
 
