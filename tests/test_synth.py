@@ -1,6 +1,8 @@
 """Bitstream builds with the YoWASP tools (a few seconds each once YoWASP's cache is warm)."""
 
 import json
+import re
+import subprocess
 
 import pytest
 from amaranth.hdl import Cat, Instance, Module, Signal
@@ -9,7 +11,8 @@ from amaranth.lib.wiring import In, Out
 
 from boards import BoardTop, get_board
 from zakid_hw.errors import ZakidError
-from zakid_hw.synth import ResourceUse, build_bitstream, build_bitstreams, parse_nextpnr_report, seed_dir
+from zakid_hw.synth import (LUT_MAP_WIRE_DELAY_PS, MAP_LUTS, ResourceUse, build_bitstream, build_bitstreams,
+                            lut_map_script, parse_nextpnr_report, seed_dir, tool_command)
 
 
 class ToyCore(wiring.Component):
@@ -84,6 +87,27 @@ def test_fsm_state_is_recoded(icebreaker_build):
     assert "Register has an initialization value" not in log
     recoded = [line for line in log.splitlines() if line.startswith("Recoding FSM") and "toy_state" in line]
     assert recoded, "the toy FSM was not extracted"
+
+
+def test_map_luts_is_synth_ice40s_own():
+    """MAP_LUTS is the installed Yosys's map_luts step, but for abc9's wire delay (so a Yosys whose step
+    changes fails here instead of building with a stale copy)."""
+    text = subprocess.run([tool_command("yosys"), "-p", "help synth_ice40"], capture_output=True, text=True,
+                          check=True).stdout
+    step = text[text.index("    map_luts:"):text.index("    map_cells:")].splitlines()[1:]
+    ours = [c.format(wire=250) for c in MAP_LUTS]
+    theirs = [re.sub(r"\s+", " ", line.split("(")[0]).strip() for line in step
+              if line.strip() and "-noabc" not in line]
+    assert theirs == ours
+
+
+def test_build_maps_luts_with_the_wire_delay(icebreaker_build):
+    """The build's Yosys script stops synth_ice40 before map_luts and runs the step with abc9 -W
+    LUT_MAP_WIRE_DELAY_PS, then the rest; the log shows abc9 ran once."""
+    script = next(icebreaker_build.verilog.parent.glob("*.ys")).read_text()
+    assert "-run map_ffram:map_luts" in script
+    assert lut_map_script(["-dsp"], "top") in script and f"abc9 -W {LUT_MAP_WIRE_DELAY_PS}" in script
+    assert icebreaker_build.logs["yosys-log"].read_text().count("Executing ABC9 pass") == 1
 
 
 def test_seeds_share_one_synthesis(tmp_path):

@@ -94,5 +94,7 @@ def test_map_ram_overrides_follow_synth_ice40():
         f"techmap -map {MAP_FILE} -map +/ice40/spram_map.v",
         "ice40_braminit",
         "synth_ice40 -dsp -top top -run map_ffram:"]
+    assert map_ram_overrides(["-dsp"], "top", until="map_luts")[1].splitlines()[-1] == \
+        "synth_ice40 -dsp -top top -run map_ffram:map_luts"
     assert "-no-auto-huge" not in map_ram_overrides(["-spram"], "top")[1]
     assert "-no-auto-block" in map_ram_overrides(["-nobram"], "top")[1]

@@ -10,7 +10,8 @@
   and the caller's ``nextpnr_opts`` are added to each place-and-route run);
 * ``script_after_read=FSM_SCRIPT``, so that Yosys re-encodes the FSMs one-hot (see :data:`FSM_SCRIPT`);
 * ``synth_opts`` ``-run :map_ram`` and a ``script_after_synth`` that runs the rest of ``synth_ice40`` with
-  a faster block-RAM template (:mod:`zakid_hw.yosys_brams`, written to ``zakid_brams_map.v``).
+  a faster block-RAM template (:mod:`zakid_hw.yosys_brams`, written to ``zakid_brams_map.v``) and with
+  ``abc9``'s wire delay set to :data:`LUT_MAP_WIRE_DELAY_PS` (:func:`lut_map_script`).
 
 It then runs the plan's three commands itself (one subprocess each, so a failure names its tool),
 taking each tool from the environment variable Amaranth uses (``YOSYS``, ``NEXTPNR_ICE40``,
@@ -81,6 +82,25 @@ _TAIL_LINES = 40
 #: link). Their init value is the first state, 0, which the iCE40's flip-flops power up with anyway, and
 #: the domain's reset (held until the PLL locks) puts every FSM in that state.
 FSM_SCRIPT = "setattr -unset init w:*_state"
+
+#: the wire delay (ps) ``abc9`` assumes while it maps logic to LUTs, instead of ``synth_ice40``'s 250. A
+#: route between two iCE40 logic cells takes 1.7-3.7 ns in nextpnr's timing reports, so at 250 ps ABC
+#: saw a chain of five or six LUTs (the controller's clock enables, built one from another) as nearly as
+#: fast as two, and kept it to save cells. Measured on the netlists of 964b3da (bench/README, "Clock").
+LUT_MAP_WIRE_DELAY_PS = 1000
+
+#: ``synth_ice40``'s ``map_luts`` step (Yosys 0.4x-0.6x, with the default ``-latches error`` and no
+#: ``-noabc``), ``{wire}`` where it passes ``-W 250`` to ``abc9``; tests/test_synth.py checks it against
+#: the installed Yosys's ``help synth_ice40``
+MAP_LUTS = ("check -latchonly -assert", "techmap -map +/ice40/latches_map.v",
+            "read_verilog -D ICE40_HX -icells -lib -specify +/ice40/abc9_model.v", "abc9 -W {wire}",
+            "ice40_wrapcarry -unwrap", "techmap -map +/ice40/ff_map.v", "clean", "opt_lut -tech ice40")
+
+
+def lut_map_script(synth_opts: list[str], top: str, wire_ps: int = LUT_MAP_WIRE_DELAY_PS) -> str:
+    """The rest of ``synth_ice40`` from its ``map_luts`` step on, with ``abc9 -W wire_ps``."""
+    return "\n".join([*(c.format(wire=wire_ps) for c in MAP_LUTS),
+                      " ".join(["synth_ice40", *synth_opts, "-top", top, "-run", "map_cells:"])])
 
 
 @dataclass(frozen=True)
@@ -324,10 +344,15 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
         for product in (f"{name}.bin", f"{name}.asc", report_name):
             (d / product).unlink(missing_ok=True)
 
-    overrides = {}
+    # synth_ice40 in parts: up to map_ram, then a faster block-RAM map (yosys_brams.py), up to map_luts, then
+    # map_luts with abc9's wire delay (LUT_MAP_WIRE_DELAY_PS), then the rest
     fast_map = fast_brams_map(yosys_share_dir())
-    if fast_map is not None:  # synth_ice40 in two parts around a faster block-RAM map (yosys_brams.py)
-        synth, overrides["script_after_synth"] = map_ram_overrides(synth, name)
+    if fast_map is not None:
+        first, script = map_ram_overrides(synth, name, until="map_luts")
+    else:
+        first, script = [*synth, "-run", ":map_luts"], ""
+    overrides = {"script_after_synth": "\n".join(filter(None, [script, lut_map_script(synth, name)]))}
+    synth = first
 
     platform = _platform_with_verilog(board)
     t0 = time.monotonic()

@@ -87,10 +87,11 @@ def fast_brams_map(share: Path | None) -> str | None:
     return text if "slice_init" not in text else None
 
 
-def map_ram_overrides(synth_opts: list[str], top: str) -> tuple[list[str], str]:
+def map_ram_overrides(synth_opts: list[str], top: str, until: str = "") -> tuple[list[str], str]:
     """``synth_ice40``'s options for its first part and the script that runs the rest (Amaranth's
     ``synth_opts`` and ``script_after_synth``): ``map_ram`` as ``synth_ice40`` runs it, with
-    :data:`MAP_FILE` for ``+/ice40/brams_map.v``."""
+    :data:`MAP_FILE` for ``+/ice40/brams_map.v``, then ``synth_ice40`` from ``map_ffram`` on (up to the
+    step ``until``, if given)."""
     libmap = "memory_libmap -lib +/ice40/brams.txt -lib +/ice40/spram.txt"
     if "-spram" not in synth_opts:
         libmap += " -no-auto-huge"
@@ -100,6 +101,6 @@ def map_ram_overrides(synth_opts: list[str], top: str) -> tuple[list[str], str]:
         libmap,
         f"techmap -map {MAP_FILE} -map +/ice40/spram_map.v",
         "ice40_braminit",
-        " ".join(["synth_ice40", *synth_opts, "-top", top, "-run", "map_ffram:"]),
+        " ".join(["synth_ice40", *synth_opts, "-top", top, "-run", f"map_ffram:{until}"]),
     ])
     return [*synth_opts, "-run", ":map_ram"], script
