@@ -1,8 +1,6 @@
 """Bitstream builds with the YoWASP tools (a few seconds each once YoWASP's cache is warm)."""
 
 import json
-import re
-import subprocess
 
 import pytest
 from amaranth.hdl import Cat, Instance, Module, Signal
@@ -11,8 +9,9 @@ from amaranth.lib.wiring import In, Out
 
 from boards import BoardTop, get_board
 from zakid_hw.errors import ZakidError
+from zakid_hw import synth
 from zakid_hw.synth import (LUT_MAP_WIRE_DELAY_PS, MAP_LUTS, ResourceUse, build_bitstream, build_bitstreams,
-                            lut_map_script, parse_nextpnr_report, seed_dir, tool_command)
+                            installed_map_luts, lut_map_script, parse_nextpnr_report, seed_dir)
 
 
 class ToyCore(wiring.Component):
@@ -90,15 +89,20 @@ def test_fsm_state_is_recoded(icebreaker_build):
 
 
 def test_map_luts_is_synth_ice40s_own():
-    """MAP_LUTS is the installed Yosys's map_luts step, but for abc9's wire delay (so a Yosys whose step
-    changes fails here instead of building with a stale copy)."""
-    text = subprocess.run([tool_command("yosys"), "-p", "help synth_ice40"], capture_output=True, text=True,
-                          check=True).stdout
-    step = text[text.index("    map_luts:"):text.index("    map_cells:")].splitlines()[1:]
-    ours = [c.format(wire=250) for c in MAP_LUTS]
-    theirs = [re.sub(r"\s+", " ", line.split("(")[0]).strip() for line in step
-              if line.strip() and "-noabc" not in line]
-    assert theirs == ours
+    """MAP_LUTS is the installed Yosys's map_luts step but for abc9's wire delay (a Yosys whose step
+    differs fails here; its builds run synth_ice40's own step)."""
+    assert installed_map_luts() == tuple(c.format(wire=250) for c in MAP_LUTS)
+    assert f"abc9 -W {LUT_MAP_WIRE_DELAY_PS}" in lut_map_script(["-dsp"], "top").splitlines()
+
+
+def test_another_map_luts_is_left_alone(monkeypatch, tmp_path):
+    """When the installed step is not MAP_LUTS, the build runs synth_ice40 from map_ffram to the end."""
+    monkeypatch.setattr(synth, "installed_map_luts", lambda: ("abc9 -W 300",))
+    assert synth.lut_map_script(["-dsp"], "top") is None
+    board = get_board("icebreaker")
+    build_bitstream(BoardTop(board, 30, ToyCore), board, tmp_path, f_mhz=30, seed=1)
+    script = (tmp_path / "top.ys").read_text()
+    assert "abc9" not in script and script.rstrip().splitlines()[-2].endswith("-run map_ffram:")
 
 
 def test_build_maps_luts_with_the_wire_delay(icebreaker_build):

@@ -33,7 +33,9 @@ is the same whichever run ends first: see :func:`build_bitstreams`).
 from __future__ import annotations
 
 import json
+import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,20 +87,36 @@ FSM_SCRIPT = "setattr -unset init w:*_state"
 
 #: the wire delay (ps) ``abc9`` assumes while it maps logic to LUTs, instead of ``synth_ice40``'s 250. A
 #: route between two iCE40 logic cells takes 1.7-3.7 ns in nextpnr's timing reports, so at 250 ps ABC
-#: saw a chain of five or six LUTs (the controller's clock enables, built one from another) as nearly as
-#: fast as two, and kept it to save cells. Measured on the netlists of 964b3da (bench/README, "Clock").
+#: saw a chain of five or six LUTs (the controller's clock enables, built one from another) as little
+#: slower than a shorter one, and kept it to save cells; at 1000 ps the chains are shorter and the Fmax
+#: higher (measured on the netlists of 964b3da: bench/README, "Clock").
 LUT_MAP_WIRE_DELAY_PS = 1000
 
-#: ``synth_ice40``'s ``map_luts`` step (Yosys 0.4x-0.6x, with the default ``-latches error`` and no
-#: ``-noabc``), ``{wire}`` where it passes ``-W 250`` to ``abc9``; tests/test_synth.py checks it against
-#: the installed Yosys's ``help synth_ice40``
+#: ``synth_ice40``'s ``map_luts`` step as Yosys 0.70 runs it (with the default ``-latches error`` and no
+#: ``-noabc``), ``{wire}`` where it passes ``-W 250`` to ``abc9``
 MAP_LUTS = ("check -latchonly -assert", "techmap -map +/ice40/latches_map.v",
             "read_verilog -D ICE40_HX -icells -lib -specify +/ice40/abc9_model.v", "abc9 -W {wire}",
             "ice40_wrapcarry -unwrap", "techmap -map +/ice40/ff_map.v", "clean", "opt_lut -tech ice40")
 
 
-def lut_map_script(synth_opts: list[str], top: str, wire_ps: int = LUT_MAP_WIRE_DELAY_PS) -> str:
-    """The rest of ``synth_ice40`` from its ``map_luts`` step on, with ``abc9 -W wire_ps``."""
+@functools.lru_cache(maxsize=None)
+def installed_map_luts() -> tuple[str, ...] | None:
+    """The installed Yosys's ``map_luts`` step, from its ``help synth_ice40`` (None if it cannot be read)."""
+    try:
+        text = subprocess.run([tool_command("yosys"), "-p", "help synth_ice40"], capture_output=True,
+                              text=True, timeout=60).stdout
+        step = text[text.index("    map_luts:"):text.index("    map_cells:")].splitlines()[1:]
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return tuple(re.sub(r"\s+", " ", line.split("(")[0]).strip() for line in step
+                 if line.strip() and "-noabc" not in line)
+
+
+def lut_map_script(synth_opts: list[str], top: str, wire_ps: int = LUT_MAP_WIRE_DELAY_PS) -> str | None:
+    """The rest of ``synth_ice40`` from its ``map_luts`` step on, with ``abc9 -W wire_ps``; None when the
+    installed Yosys's step is not :data:`MAP_LUTS` (then ``synth_ice40`` runs it as it is)."""
+    if installed_map_luts() != tuple(c.format(wire=250) for c in MAP_LUTS):
+        return None
     return "\n".join([*(c.format(wire=wire_ps) for c in MAP_LUTS),
                       " ".join(["synth_ice40", *synth_opts, "-top", top, "-run", "map_cells:"])])
 
@@ -347,11 +365,17 @@ def build_bitstreams(top, board, out_dir, *, f_mhz: float, seeds=(None,), worker
     # synth_ice40 in parts: up to map_ram, then a faster block-RAM map (yosys_brams.py), up to map_luts, then
     # map_luts with abc9's wire delay (LUT_MAP_WIRE_DELAY_PS), then the rest
     fast_map = fast_brams_map(yosys_share_dir())
+    luts = lut_map_script(synth, name)
+    until = "map_luts" if luts else ""
     if fast_map is not None:
-        first, script = map_ram_overrides(synth, name, until="map_luts")
-    else:
+        first, script = map_ram_overrides(synth, name, until=until)
+    elif luts:
         first, script = [*synth, "-run", ":map_luts"], ""
-    overrides = {"script_after_synth": "\n".join(filter(None, [script, lut_map_script(synth, name)]))}
+    else:
+        first, script = synth, ""
+    overrides = {}
+    if script or luts:
+        overrides["script_after_synth"] = "\n".join(filter(None, [script, luts]))
     synth = first
 
     platform = _platform_with_verilog(board)
