@@ -24,14 +24,14 @@ from . import schedule
 #: bench/cost_calibration.json and bench/models_results.json, each compiled again (the ones marked fixed
 #: are set by hand: too few builds vary them)
 LC = {
-    "base": 338.3,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
+    "base": 340.9,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
     "lane": 20.0,          # per MAC lane: centring and padding multiplexers, read and weight registers (fixed)
     "acc_bit": 2.675,      # per lane and accumulator bit: accumulator, max compare, drain register (fixed)
-    "lut_mult_bit": 20.69,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
-    "affine": 745.0,       # the affine requantizer's arithmetic (the DS-CNNs, some TFC and digits builds)
-    "logic_rom_bit": 0.2725,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
-    "spram": 462.9,        # the SPI flash loader and SPRAM glue
-    "descriptor_bit": 9.662,  # per bit of the layer table that differs between layers (descriptor_bits)
+    "lut_mult_bit": 20.8,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
+    "affine": 763.6,       # the affine requantizer's arithmetic (the DS-CNNs, some TFC and digits builds)
+    "logic_rom_bit": 0.2754,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
+    "spram": 473.4,        # the SPI flash loader and SPRAM glue
+    "descriptor_bit": 9.363,  # per bit of the layer table that differs between layers (descriptor_bits)
     # a "col" pair layer (schedule.col_pairs): per bit of bank B's delay line, and the rest (B's code
     # multiplexer, the controller's row skip and first-row flag); fixed from the DS-CNNs' builds with and
     # without them (the same design otherwise): 4,580 -> 4,700 logic cells (C=64), 4,415 -> 4,524 (C=32)
