@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import zakid_hw.build as build_mod
-from zakid_hw import cycle_model
+from zakid_hw import compiler, cycle_model
 from zakid_hw.compiler import compile_model
 from zakid_hw import synth
 from zakid_hw.synth import RESOURCE_CELLS, ResourceUse, SynthResult, first_met, run_seeds, seed_dir
@@ -98,7 +98,7 @@ def test_automatic_seeds_keep_the_first_that_meets_the_clock(tmp_path, monkeypat
 
 
 def test_one_run_without_a_seed_at_a_clock_asked_for(tmp_path, monkeypatch):
-    fake = FakeBuilds(lambda s, f: 45.0)
+    fake = FakeBuilds(lambda s, f: f + 1)
     report, out = _build(tmp_path, monkeypatch, fake, clock_mhz=30)
     assert fake.calls == [(None, 30)] and fake.batches == [([None], 1)]
     report, out = _build(tmp_path / "seed", monkeypatch, fake, seed=7)  # a seed asked for: that one alone
@@ -111,7 +111,8 @@ def test_a_rebuild_at_a_lower_clock_tries_two_seeds_at_once(tmp_path, monkeypatc
     fake = FakeBuilds(lambda s, f: {1: 37.5, 2: 38.0}[s] if f > 40 else {1: f - 1, 2: f + 1}[s])
     report, out = _build(tmp_path, monkeypatch, fake)
     first, rebuild = fake.calls[:2], fake.calls[2:]
-    assert sorted(s for s, _ in first) == [1, 2] and {f for _, f in first} == {45.0}  # the automatic clock
+    auto = compiler.SMALL_DESIGN_CLOCK_MHZ["up5k"]
+    assert sorted(s for s, _ in first) == [1, 2] and {f for _, f in first} == {auto}  # the automatic clock
     assert sorted(s for s, _ in rebuild) == [1, 2] and fake.batches[1] == ([1, 2], 2)
     assert {f for _, f in rebuild} == {report["clock_mhz"]} and 38.0 * 0.97 - 0.75 < report["clock_mhz"] <= 38.0 * 0.97
     assert report["timing_met"] and (out / "digits_mlp_int8.bin").read_bytes() == b"seed 2"

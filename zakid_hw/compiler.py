@@ -24,10 +24,12 @@ from .onnx_import import load_model
 #: has the HX8K's fabric)
 DEFAULT_CLOCK_MHZ = {"up5k": 40.5, "hx8k": 60.0, "hx1k": 60.0}
 #: the default for a design predicted to use at most SMALL_DESIGN_FILL of the device's logic cells: less
-#: congested, it closes a faster clock. Measured on the UP5K at 45 MHz, one seed: the digits MLP (63 % of
-#: the logic cells) 49.1 MHz, TFC-w2a2 (58 %) 47.0 MHz, the autoencoder (62 %) 47.7 MHz; above the line
-#: mnist-8 (74 %) reached 39.9 MHz and the C=64 DS-CNN (94 %) 40.8 MHz at 44.25 (bench/ and the README)
-SMALL_DESIGN_CLOCK_MHZ = {"up5k": 45.0}
+#: congested, it closes a faster clock. Measured on the UP5K at 47.25 MHz with the LUT mapping of e4e146b,
+#: seeds 1 and 2 (``zakid-hw build MODEL --fpga ice40 --clock 47.25 --seeds 2``): the digits MLP (63 % of the
+#: logic cells) 50.71 and 48.10 MHz, with ``--batch 8`` 47.87 and 46.65, the autoencoder (60 %) 50.34 and
+#: 48.90; at 48 MHz the digits MLP reached 45.93 and 48.34. Above the line, at 42.75 MHz, the DS-CNNs'
+#: seed 1 missed (C=32 37.83, C=64 39.96 MHz; bench/README, "Clock")
+SMALL_DESIGN_CLOCK_MHZ = {"up5k": 47.25}
 SMALL_DESIGN_FILL = 0.70
 DEFAULT_BAUD = 115200
 #: weights this narrow (bipolar, ternary, 2-bit) always multiply in logic cells, in this many lanes
