@@ -32,8 +32,8 @@ is the same whichever run ends first: see :func:`build_bitstreams`).
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 import os
 import re
 import shutil
