@@ -109,7 +109,11 @@ class Controller(wiring.Component):
         fields = FIELDS + ("pair_shift",) * peek + ("b_first", "out_row") * col
         minus = {f: int(f in LOOP_COUNTS) for f in fields}
         table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in fields}
-        cfg = {f: Signal(signed(aw), name=f"cfg_{f}", reset_less=True) for f in fields}
+        # a field with the same value in every layer is a constant, not a register: synthesis then folds
+        # the logic it feeds (a model of dense layers has no kernel or pixel loops, nor padding checks)
+        fixed = {f for f in fields if len({getattr(x, f) for x in d}) == 1}
+        cfg = {f: table[f][0] if f in fixed else Signal(signed(aw), name=f"cfg_{f}", reset_less=True)
+               for f in fields}
         # per layer: cycles a group waits after a full group and after a pixel's last group (t - k, or 0)
         def waits(n_of):
             return Array(C(max(0, group_turn(x.drain_cycles(n_of(x))) - x.k), bits_for(max(L * 8, group_turn(1))))
@@ -121,11 +125,18 @@ class Controller(wiring.Component):
         # Loop state. Each loop level has a down-counter of the steps left and a registered flag that says
         # the level is at its last index: the flags are computed a cycle ahead (from the counter, or from
         # the layer table when the level restarts), so the issue logic below only looks at registers.
+        # Levels without a counter of their own: a level of one step in every layer is always at its last
+        # index (its flag is the constant 1), and with one kernel tap in every layer the input channel
+        # level ends with the group (its flag is k's).
         zero = {n: Array(C(int(getattr(x, n) == 1), 1) for x in d) for n in LOOP_COUNTS}
+        uncounted = {n for n in LOOP_COUNTS if all(getattr(x, n) == 1 for x in d)}
         cfg_zero = {n: Signal(name=f"cfg_{n}_zero", reset_less=True) for n in LOOP_COUNTS}
         rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}", reset_less=True)
                for n in LOOP_COUNTS}
-        end = {n: Signal(name=f"end_{n}", reset_less=True) for n in LOOP_COUNTS}
+        end = {n: C(1, 1) if n in uncounted else Signal(name=f"end_{n}", reset_less=True) for n in LOOP_COUNTS}
+        if all(x.kw == x.kh == 1 for x in d) and "ci" not in uncounted:
+            uncounted.add("ci")
+            end["ci"] = end["k"]
         first_cfg = {f: table[f][0] for f in fields}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
         # cycles from each layer's last step to the next layer's first (to done for the last layer)
@@ -133,7 +144,8 @@ class Controller(wiring.Component):
 
         def load(pick):
             """Every descriptor register from its per-layer table, the entry ``pick(table)`` chooses."""
-            return [*(cfg[f].eq(pick(table[f])) for f in fields), *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS),
+            return [*(cfg[f].eq(pick(table[f])) for f in fields if f not in fixed),
+                    *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS if n not in uncounted),
                     cfg_wait_full.eq(pick(wait_full)), cfg_wait_last.eq(pick(wait_last))]
 
         def next_layers(table):  # entry i: layer i + 1's (the last layer's own for the last)
@@ -143,10 +155,10 @@ class Controller(wiring.Component):
             return [counter.eq(counter - 1), at_end.eq(counter == 1)]
 
         def restart(n, src=cfg, src_zero=cfg_zero):
-            return [rem[n].eq(src[n]), end[n].eq(src_zero[n])]
+            return [] if n in uncounted else [rem[n].eq(src[n]), end[n].eq(src_zero[n])]
 
         def step(n):
-            return count_down(rem[n], end[n])
+            return [] if n in uncounted else count_down(rem[n], end[n])
 
         def restart_ci():  # the input channel loop from its first step
             return [ci.eq(0), ci_rd.eq(0), *restart("ci")]
