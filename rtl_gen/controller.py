@@ -108,19 +108,22 @@ class Controller(wiring.Component):
         col = any(col_delays(d))
         fields = FIELDS + ("pair_shift",) * peek + ("b_first", "out_row") * col
         minus = {f: int(f in LOOP_COUNTS) for f in fields}
-        table = {f: Array(C(getattr(x, f) - minus[f], signed(aw)) for x in d) for f in fields}
+        values = {f: [getattr(x, f) - minus[f] for x in d] for f in fields}
+        # numbers the controller would otherwise work out at run time, per layer: the cycles a group waits
+        # after a full group and after a pixel's last group (t - k, or 0), as GROUP's start count, its end
+        # flag and whether it waits at all; and the FLUSH cycles after the first of the layer's tail
+        for name, n_of in (("full", lambda x: L), ("last", lambda x: x.n_last)):
+            w = [max(0, group_turn(x.drain_cycles(n_of(x))) - x.k) for x in d]
+            values.update({f"wait_{name}_left": [max(v - 1, 0) for v in w],
+                           f"wait_{name}_one": [int(v == 1) for v in w], f"wait_{name}_any": [int(v > 0) for v in w]})
+        values.update(tail_left=[x.tail - 2 for x in d], tail_two=[int(x.tail == 2) for x in d])
+        vw = max(aw, 1 + bits_for(max(abs(v) for vs in values.values() for v in vs)))
+        table = {f: Array(C(v, signed(vw)) for v in vs) for f, vs in values.items()}
         # a field with the same value in every layer is a constant, not a register: synthesis then folds
         # the logic it feeds (a model of dense layers has no kernel or pixel loops, nor padding checks)
-        fixed = {f for f in fields if len({getattr(x, f) for x in d}) == 1}
-        cfg = {f: table[f][0] if f in fixed else Signal(signed(aw), name=f"cfg_{f}", reset_less=True)
-               for f in fields}
-        # per layer: cycles a group waits after a full group and after a pixel's last group (t - k, or 0)
-        def waits(n_of):
-            return Array(C(max(0, group_turn(x.drain_cycles(n_of(x))) - x.k), bits_for(max(L * 8, group_turn(1))))
-                         for x in d)
-        wait_full, wait_last = waits(lambda x: L), waits(lambda x: x.n_last)
-        cfg_wait_full = Signal.like(wait_full[0], reset_less=True)
-        cfg_wait_last = Signal.like(wait_last[0], reset_less=True)
+        fixed = {f for f, vs in values.items() if len(set(vs)) == 1}
+        cfg = {f: table[f][0] if f in fixed else Signal(signed(vw), name=f"cfg_{f}", reset_less=True)
+               for f in values}
 
         # Loop state. Each loop level has a down-counter of the steps left and a registered flag that says
         # the level is at its last index: the flags are computed a cycle ahead (from the counter, or from
@@ -137,16 +140,13 @@ class Controller(wiring.Component):
         if all(x.kw == x.kh == 1 for x in d) and "ci" not in uncounted:
             uncounted.add("ci")
             end["ci"] = end["k"]
-        first_cfg = {f: table[f][0] for f in fields}  # the first layer's descriptor (constants)
+        first_cfg = {f: table[f][0] for f in values}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
-        # cycles from each layer's last step to the next layer's first (to done for the last layer)
-        tails = Array(C(x.tail, bits_for(max(y.tail for y in d))) for x in d)
 
         def load(pick):
             """Every descriptor register from its per-layer table, the entry ``pick(table)`` chooses."""
-            return [*(cfg[f].eq(pick(table[f])) for f in fields if f not in fixed),
-                    *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS if n not in uncounted),
-                    cfg_wait_full.eq(pick(wait_full)), cfg_wait_last.eq(pick(wait_last))]
+            return [*(cfg[f].eq(pick(table[f])) for f in values if f not in fixed),
+                    *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS if n not in uncounted)]
 
         def next_layers(table):  # entry i: layer i + 1's (the last layer's own for the last)
             return Array([*list(table)[1:], table[-1]])
@@ -215,7 +215,7 @@ class Controller(wiring.Component):
         wait_end = Signal(reset_less=True)
 
         # GROUP: cycles left until the drain is free in time for the waiting group (see the class docstring)
-        gwait = Signal.like(cfg_wait_full, reset_less=True)
+        gwait = Signal(bits_for(max(values["wait_full_left"] + values["wait_last_left"])), reset_less=True)
         gwait_end = Signal(reset_less=True)
         m.d.sync += count_down(gwait, gwait_end)
 
@@ -248,9 +248,10 @@ class Controller(wiring.Component):
                                      iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
                     m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh"), *restart("k")]
-                    gw = Mux(end["groups"], cfg_wait_last, cfg_wait_full)
-                    with m.If(gw != 0):  # GROUP for gw cycles, then the next group's first step
-                        m.d.sync += [gwait.eq(gw - 1), gwait_end.eq(gw == 1)]
+                    def gw(part):  # the wait after this group: after a pixel's last group, or a full one
+                        return Mux(end["groups"], cfg[f"wait_last_{part}"], cfg[f"wait_full_{part}"])
+                    with m.If(gw("any")[0]):  # GROUP for the wait's cycles, then the next group's first step
+                        m.d.sync += [gwait.eq(gw("left")), gwait_end.eq(gw("one")[0])]
                         m.next = "GROUP"
                     with m.If(~end["groups"]):
                         m.d.sync += [*step("groups"), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]),
@@ -271,8 +272,7 @@ class Controller(wiring.Component):
                                          ix_k.eq(cfg["ix0"]), iy_px.eq(iy_px + cfg["sy"]),
                                          iy_k.eq(iy_px + cfg["sy"])]
                         with m.Else():  # the layer's last step
-                            tail = tails[self.layer]
-                            m.d.sync += [wait.eq(tail - 2), wait_end.eq(tail == 2)]
+                            m.d.sync += [wait.eq(cfg["tail_left"]), wait_end.eq(cfg["tail_two"][0])]
                             m.next = "FLUSH"
             with m.State("FLUSH"):
                 # load the next layer's descriptor, and set up its counters from it (from the second
