@@ -47,7 +47,11 @@ class AcceleratorSystem(wiring.Component):
                         divisor=self.config.uart_divisor, addr_width=core.addr_width)
         m.submodules.link = link
         m.d.comb += self.tx.eq(link.tx)
-        m.d.comb += [getattr(core, p).eq(getattr(link, p)) for p in CORE_PORTS]
+        # the link's input writes and its start reach the core through a register, a cycle later (the link
+        # sits by the UART pins, the activation memory may be across the chip: the receiver's timer to the
+        # memory's write enable was TFC-w2a2's critical path); the last write still comes before start
+        m.d.sync += [getattr(core, p).eq(getattr(link, p)) for p in CORE_PORTS if p != "out_addr"]
+        m.d.comb += core.out_addr.eq(link.out_addr)
         m.d.comb += [getattr(link, p).eq(getattr(core, p)) for p in LINK_PORTS]
         if self.config.weights_in_spram:
             m.submodules.loader = loader = SpiFlashLoader(**weight_loader_params(self.config, self.image))
