@@ -42,8 +42,9 @@ class Accelerator(wiring.Component):
         busy:     out, 1: from the cycle after ``start`` until ``done``.
         done:     out, 1: one-cycle pulse when the outputs are ready.
         out_addr: in, addr_width: byte index within the output storage to read (while not busy).
-        out_data: out, 8: the code at ``out_addr``, two cycles after the address (the read data is
-                  registered: block RAM spread over many blocks reaches it through a multiplexer tree).
+        out_data: out, 8: the code at ``out_addr``, three cycles after the address (registers: the address
+                  plus the outputs' base, the memory read, the input word): the lanes' broadcast code, so
+                  no path runs from the host's address through the memories' multiplexer trees.
         cycles:   out, 32: cycles from ``start`` to ``done`` of the last inference, from ``done`` until the
                   next ``start`` (while an inference runs: its cycles so far).
 
@@ -167,7 +168,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [ctrl.start.eq(self.start),
                      self.busy.eq(ctrl.busy), self.done.eq(ctrl.done)]
         host_rd = Signal(aw)
-        m.d.comb += host_rd.eq(self.out_addr + img.out_base)
+        m.d.sync += host_rd.eq(self.out_addr + img.out_base)
         rd_byte = Signal(aw)
         with m.If(ctrl.busy):
             m.d.comb += rd_byte.eq(s0["rd"])
@@ -176,8 +177,6 @@ class Accelerator(wiring.Component):
         m.d.comb += a_rd.addr.eq(word(rd_byte))
         sel = Signal(max(lg, 1))  # the byte within the word read (last cycle's address)
         m.d.sync += sel.eq(rd_byte[:lg] if lg else 0)
-        rd_bytes = Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))
-        m.d.sync += self.out_data.eq(rd_bytes[sel])
 
         # --- stage 1: the memories read; stage 2: their data, registered (block RAM spread over many
         # blocks reaches the lanes through a multiplexer tree; a register here keeps it off the MAC path) ---
@@ -196,6 +195,10 @@ class Accelerator(wiring.Component):
             m.d.sync += word_q.eq(a_rd.data)
         lay = s2["layer"]
         q_bytes = Array(word_q[8 * i: 8 * i + 8] for i in range(L))
+        # the byte a broadcast layer's step reads; while idle, the one at the host's out_addr (word_q
+        # follows the read data then: no pair layer's step holds it)
+        byte_q = Signal(8)
+        m.d.comb += [byte_q.eq(q_bytes[s2["sel"]]), self.out_data.eq(byte_q)]
 
         def centered(code):  # an int8 code as it is; a uint8 code minus 128 (see schedule.CENTER)
             return Mux(in_signed[lay], code, code ^ 0x80).as_signed()
@@ -209,7 +212,7 @@ class Accelerator(wiring.Component):
             with m.Elif(chan[lay]):
                 m.d.comb += code.eq(q_bytes[lane])
             with m.Else():
-                m.d.comb += code.eq(q_bytes[s2["sel"]])
+                m.d.comb += code.eq(byte_q)
             m.d.comb += macs.x[lane].eq(centered(code))
         m.d.comb += [macs.w.eq(w_q), macs.valid.eq(s2["valid"]),
                      macs.first.eq(s2["first"]), macs.is_max.eq(is_max[lay])]

@@ -34,8 +34,8 @@ class FakeCore(wiring.Component):
         count = Signal(32)
         with m.If(self.in_we):
             m.d.sync += inp[self.in_addr].eq(self.in_data)
-        read = Signal(8)  # the accelerator's read: memory data, then a register (two cycles)
-        m.d.sync += [read.eq(outp[self.out_addr]), self.out_data.eq(read), self.done.eq(0)]
+        addr, read = Signal.like(self.out_addr), Signal(8)  # the accelerator's read: three registers
+        m.d.sync += [addr.eq(self.out_addr), read.eq(outp[addr]), self.out_data.eq(read), self.done.eq(0)]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), count.eq(1)]
         with m.Elif(self.busy):

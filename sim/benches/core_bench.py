@@ -54,8 +54,9 @@ async def infer(dut, codes, out_len):
     out = []
     for i in range(out_len):
         dut.out_addr.value = i
-        await RisingEdge(dut.clk)  # the read port samples the address
-        await RisingEdge(dut.clk)  # the code is registered
+        await RisingEdge(dut.clk)  # the address is registered
+        await RisingEdge(dut.clk)  # the read port samples it
+        await RisingEdge(dut.clk)  # the word is registered (out_data is its byte)
         await ReadOnly()
         out.append(int(dut.out_data.value))
         await FallingEdge(dut.clk)
