@@ -46,7 +46,8 @@ def test_automatic_clock_follows_the_predicted_fill(monkeypatch):
     for d in c.designs:
         assert d.config.clock_mhz == compiler.automatic_clock_mhz(c.board, d.resources["lc"])
         assert d.latency_us == d.cycles / d.config.clock_mhz
-    assert {d.config.clock_mhz for d in c.designs} == {40.5, 47.25}  # 32 lanes do not stay under the line
+    # 32 lanes do not stay under the line
+    assert {d.config.clock_mhz for d in c.designs} == {compiler.DEFAULT_CLOCK_MHZ["up5k"], compiler.SMALL_DESIGN_CLOCK_MHZ["up5k"]}
     # a clock asked for is kept, and so is the default for a design above the line or on another device
     assert compile_model(DIGITS, clock_mhz=30).config.clock_mhz == 30
     assert compile_model(DIGITS, device="hx8k").config.clock_mhz == compiler.DEFAULT_CLOCK_MHZ["hx8k"]

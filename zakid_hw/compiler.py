@@ -24,12 +24,12 @@ from .onnx_import import load_model
 #: has the HX8K's fabric)
 DEFAULT_CLOCK_MHZ = {"up5k": 40.5, "hx8k": 60.0, "hx1k": 60.0}
 #: the default for a design predicted to use at most SMALL_DESIGN_FILL of the device's logic cells: less
-#: congested, it closes a faster clock. Measured on the UP5K at 47.25 MHz with the LUT mapping of e4e146b,
-#: seeds 1 and 2 (``zakid-hw build MODEL --fpga ice40 --clock 47.25 --seeds 2``): the digits MLP (63 % of the
-#: logic cells) 50.71 and 48.10 MHz, with ``--batch 8`` 47.87 and 46.65, the autoencoder (60 %) 50.34 and
-#: 48.90; at 48 MHz the digits MLP reached 45.93 and 48.34. Above the line, at 42.75 MHz, the DS-CNNs'
-#: seed 1 missed (C=32 37.83, C=64 39.96 MHz; bench/README, "Clock")
-SMALL_DESIGN_CLOCK_MHZ = {"up5k": 47.25}
+#: congested, it closes a faster clock. Measured on the UP5K at 49.5 MHz at 0eda1a9, seeds 1 and 2
+#: (``zakid-hw build MODEL --fpga ice40 --clock 49.5 --seeds 2``): the digits MLP (61 % of the logic cells)
+#: 51.96 and 53.11 MHz, with ``--batch 8`` 50.64 and 48.95, the autoencoder 52.65 and 52.69; at 50.25 MHz
+#: the digits MLP --batch 8 reached 50.72 and 52.23. Above the line, at 42.75 MHz, mnist-8 missed with both
+#: seeds (39.23, 42.09 MHz) and the C=64 DS-CNN's seed 1 (42.67 MHz; bench/README, "Clock")
+SMALL_DESIGN_CLOCK_MHZ = {"up5k": 49.5}
 SMALL_DESIGN_FILL = 0.70
 DEFAULT_BAUD = 115200
 #: weights this narrow (bipolar, ternary, 2-bit) always multiply in logic cells, in this many lanes
