@@ -143,13 +143,14 @@ class Controller(wiring.Component):
         first_cfg = {f: table[f][0] for f in values}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
 
-        def load(pick):
-            """Every descriptor register from its per-layer table, the entry ``pick(table)`` chooses."""
-            return [*(cfg[f].eq(pick(table[f])) for f in values if f not in fixed),
-                    *(cfg_zero[n].eq(pick(zero[n])) for n in LOOP_COUNTS if n not in uncounted)]
-
-        def next_layers(table):  # entry i: layer i + 1's (the last layer's own for the last)
-            return Array([*list(table)[1:], table[-1]])
+        # The descriptor registers take the table entry of `desc_layer` in every cycle, without an enable
+        # (the enable shared by all of them, "idle or flushing", rooted the longest enable chains): it is
+        # the running layer, the next one from a layer's last step (the last layer's own for the last),
+        # and 0 from the cycle before IDLE, so they hold the right values from FLUSH's second cycle on,
+        # and in time for a start in IDLE's first cycle.
+        desc_layer = Signal(range(n_layers))
+        m.d.sync += [*(cfg[f].eq(table[f][desc_layer]) for f in values if f not in fixed),
+                     *(cfg_zero[n].eq(zero[n][desc_layer]) for n in LOOP_COUNTS if n not in uncounted)]
 
         def count_down(counter, at_end):  # a down-counter and its end flag, registered a cycle ahead
             return [counter.eq(counter - 1), at_end.eq(counter == 1)]
@@ -222,7 +223,7 @@ class Controller(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 # the first layer's descriptor and counters are ready before start
-                m.d.sync += [*load(lambda table: table[0]), *init_layer(first_cfg, first_zero)]
+                m.d.sync += init_layer(first_cfg, first_zero)
                 with m.If(self.start):
                     m.d.sync += [self.busy.eq(1), self.layer.eq(0)]
                     m.next = "ISSUE"
@@ -272,15 +273,16 @@ class Controller(wiring.Component):
                                          ix_k.eq(cfg["ix0"]), iy_px.eq(iy_px + cfg["sy"]),
                                          iy_k.eq(iy_px + cfg["sy"])]
                         with m.Else():  # the layer's last step
-                            m.d.sync += [wait.eq(cfg["tail_left"]), wait_end.eq(cfg["tail_two"][0])]
+                            m.d.sync += [wait.eq(cfg["tail_left"]), wait_end.eq(cfg["tail_two"][0]),
+                                         desc_layer.eq(Mux(self.layer == n_layers - 1, self.layer, self.layer + 1))]
                             m.next = "FLUSH"
             with m.State("FLUSH"):
-                # load the next layer's descriptor, and set up its counters from it (from the second
-                # cycle on they hold the right values; the tail is at least MIN_CHAIN_GAP cycles)
-                m.d.sync += [*load(lambda table: next_layers(table)[self.layer]), *init_layer(),
-                             *count_down(wait, wait_end)]
+                # the descriptor registers take the next layer's entry (desc_layer); set up its counters
+                # from them (from the second cycle on they hold the right values; the tail is at least
+                # MIN_CHAIN_GAP cycles)
+                m.d.sync += [*init_layer(), *count_down(wait, wait_end)]
                 with m.If(wait_end & (self.layer == n_layers - 1)):
-                    m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                    m.d.sync += [self.busy.eq(0), self.done.eq(1), desc_layer.eq(0)]
                     m.next = "IDLE"
                 with m.Elif(wait_end):
                     m.d.sync += self.layer.eq(self.layer + 1)
