@@ -42,9 +42,10 @@ class Accelerator(wiring.Component):
         busy:     out, 1: from the cycle after ``start`` until ``done``.
         done:     out, 1: one-cycle pulse when the outputs are ready.
         out_addr: in, addr_width: byte index within the output storage to read (while not busy).
-        out_data: out, 8: the code at ``out_addr``, three cycles after the address (registers: the address
-                  plus the outputs' base, the memory read, the input word): the lanes' broadcast code, so
-                  no path runs from the host's address through the memories' multiplexer trees.
+        out_data: out, 8: the code at ``out_addr``, four cycles after the address (registers: the address
+                  plus the outputs' base, the memory read, the input word, the byte the lanes' broadcast
+                  code takes from it), so no path runs from the host through the memories' or the word's
+                  multiplexer trees.
         cycles:   out, 32: cycles from ``start`` to ``done`` of the last inference, from ``done`` until the
                   next ``start`` (while an inference runs: its cycles so far).
 
@@ -198,7 +199,8 @@ class Accelerator(wiring.Component):
         # the byte a broadcast layer's step reads; while idle, the one at the host's out_addr (word_q
         # follows the read data then: no pair layer's step holds it)
         byte_q = Signal(8)
-        m.d.comb += [byte_q.eq(q_bytes[s2["sel"]]), self.out_data.eq(byte_q)]
+        m.d.comb += byte_q.eq(q_bytes[s2["sel"]])
+        m.d.sync += self.out_data.eq(byte_q)
 
         def centered(code):  # an int8 code as it is; a uint8 code minus 128 (see schedule.CENTER)
             return Mux(in_signed[lay], code, code ^ 0x80).as_signed()
@@ -275,6 +277,9 @@ class Accelerator(wiring.Component):
         d_addr = Signal.like(ctrl.o_addr)
         d_ch = Signal.like(ctrl.ch_base)
         d_layer = Signal.like(ctrl.layer)
+        # the bias memory address of the drained output, b_base[d_layer] + d_ch, kept as a register (no adder
+        # in front of biases that Yosys puts in logic cells: mnist-8's longest path ran through one)
+        d_bias = Signal.like(b_rd.addr)
         p_valid = Signal()  # the bias stage holds an output
 
         d_byte = Signal(3)  # raw layers: which byte of the lane's accumulator goes out this cycle
@@ -291,29 +296,32 @@ class Accelerator(wiring.Component):
             # requantized: one cycle per lane)
             drain_b = Signal(acc_layout)
             b_pend, in_b = Signal(), Signal()
-            b_addr, b_ch, b_n = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count)
+            b_addr, b_ch, b_n, b_bias = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count), Signal.like(d_bias)
         with m.If(fin["last"]):
             m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
-                         d_layer.eq(fin["layer"]), d_byte.eq(0)]
+                         d_layer.eq(fin["layer"]), d_byte.eq(0), d_bias.eq(b_base[fin["layer"]] + fin["ch"])]
             if paired:
                 m.d.sync += [drain_b.eq(macs_b.acc), in_b.eq(0), b_pend.eq(fin["pb"]), b_ch.eq(fin["ch"]),
-                             b_n.eq(fin["n"]), b_addr.eq(fin["base"] + pair_out[fin["layer"]])]
+                             b_n.eq(fin["n"]), b_addr.eq(fin["base"] + pair_out[fin["layer"]]),
+                             b_bias.eq(b_base[fin["layer"]] + fin["ch"])]
         with m.Elif(d_count != 0):
             m.d.sync += d_addr.eq(d_addr + 1)
             with m.If(lane_done):
-                m.d.sync += [drain.eq(shifted(drain)), d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0)]
+                m.d.sync += [drain.eq(shifted(drain)), d_count.eq(d_count - 1), d_ch.eq(d_ch + 1), d_byte.eq(0),
+                             d_bias.eq(d_bias + 1)]
                 if paired:
                     with m.If(in_b):
                         m.d.sync += drain_b.eq(shifted(drain_b))
                     with m.If((d_count == 1) & b_pend):  # A's last: B's first next
-                        m.d.sync += [d_count.eq(b_n), d_addr.eq(b_addr), d_ch.eq(b_ch), in_b.eq(1), b_pend.eq(0)]
+                        m.d.sync += [d_count.eq(b_n), d_addr.eq(b_addr), d_ch.eq(b_ch), in_b.eq(1), b_pend.eq(0),
+                                     d_bias.eq(b_bias)]
             with m.Else():
                 m.d.sync += d_byte.eq(d_byte + 1)
         d_out = Mux(in_b, drain_b[0], drain[0]) if paired else drain[0]  # the sum handed to the bias stage
         # --- bias: the drained sum plus its output channel's bias ---------------------------------------
         p_acc, p_tag = Signal.like(drain[0]), Signal.like(d_addr)
         p_ch, p_layer, p_byte, p_raw = Signal.like(d_ch), Signal.like(d_layer), Signal.like(d_byte), Signal()
-        m.d.comb += b_rd.addr.eq(b_base[d_layer] + d_ch)
+        m.d.comb += b_rd.addr.eq(d_bias)
         m.d.sync += [p_valid.eq(d_count != 0), p_acc.eq(d_out), p_tag.eq(d_addr), p_ch.eq(d_ch),
                      p_layer.eq(d_layer), p_byte.eq(d_byte), p_raw.eq(raw)]
         biased = Signal(signed(img.acc_width))

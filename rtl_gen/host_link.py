@@ -5,7 +5,7 @@ Core interface (all ``sync`` domain; HostLink is the master side):
 * ``in_we`` / ``in_addr`` / ``in_data``: write input code ``in_data`` at ``in_addr`` of the input buffer.
 * ``start``: one-cycle pulse that starts an inference; ``busy`` is high from the next cycle until ``done``;
   ``done`` is a one-cycle pulse at the end.
-* ``out_addr`` / ``out_data``: synchronous read of output code ``out_addr``, valid three cycles after.
+* ``out_addr`` / ``out_data``: synchronous read of output code ``out_addr``, valid four cycles after.
 * ``cycles``: cycles of the last inference (start to done), stable until the next ``start``.
 """
 
@@ -41,7 +41,7 @@ class HostLink(wiring.Component):
     * ``busy`` (in, 1): the core is running (not needed by the link; present for the interface).
     * ``done`` (in, 1): one-cycle pulse when the core has finished.
     * ``out_addr`` (out, ``addr_width``): output code index, 0 .. out_len-1.
-    * ``out_data`` (in, 8): output code at the ``out_addr`` of three cycles before.
+    * ``out_data`` (in, 8): output code at the ``out_addr`` of four cycles before.
     * ``cycles`` (in, 32): cycles of the last inference.
 
     :param in_len: number of input codes (1 .. 65535, at most ``2**addr_width``).
@@ -183,7 +183,10 @@ class HostLink(wiring.Component):
             with m.State("ADDR"):  # the core registers the address
                 m.next = "READ"
 
-            with m.State("READ"):  # the core registers the code it read
+            with m.State("READ"):  # the core reads its memory
+                m.next = "WORD"
+
+            with m.State("WORD"):  # the core registers the word read, then its code
                 m.next = "LATCH"
 
             with m.State("LATCH"):  # out_data is valid in this cycle

@@ -34,8 +34,9 @@ class FakeCore(wiring.Component):
         count = Signal(32)
         with m.If(self.in_we):
             m.d.sync += inp[self.in_addr].eq(self.in_data)
-        addr, read = Signal.like(self.out_addr), Signal(8)  # the accelerator's read: three registers
-        m.d.sync += [addr.eq(self.out_addr), read.eq(outp[addr]), self.out_data.eq(read), self.done.eq(0)]
+        addr, read, word = Signal.like(self.out_addr), Signal(8), Signal(8)  # the accelerator's read: four
+        m.d.sync += [addr.eq(self.out_addr), read.eq(outp[addr]), word.eq(read), self.out_data.eq(word),
+                     self.done.eq(0)]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), count.eq(1)]
         with m.Elif(self.busy):

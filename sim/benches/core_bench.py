@@ -56,7 +56,8 @@ async def infer(dut, codes, out_len):
         dut.out_addr.value = i
         await RisingEdge(dut.clk)  # the address is registered
         await RisingEdge(dut.clk)  # the read port samples it
-        await RisingEdge(dut.clk)  # the word is registered (out_data is its byte)
+        await RisingEdge(dut.clk)  # the word is registered
+        await RisingEdge(dut.clk)  # its byte is registered
         await ReadOnly()
         out.append(int(dut.out_data.value))
         await FallingEdge(dut.clk)
