@@ -20,6 +20,15 @@ FIELDS = ("chan", "ci", "kw", "kh", "groups", "ow", "oh", "start", "inc_kx", "in
 LOOP_COUNTS = ("ci", "kw", "kh", "k", "groups", "ow", "oh")
 
 
+def counted_levels(descriptors) -> list[str]:
+    """The loop levels that have a counter of their own in a controller for these layers: not a level of
+    one step in every layer (always at its last index), nor the input channel level when every layer has
+    one kernel tap (it ends with the group, ``k``)."""
+    one_tap = all(x.kw == x.kh == 1 for x in descriptors)
+    return [n for n in LOOP_COUNTS
+            if any(getattr(x, n) != 1 for x in descriptors) and not (n == "ci" and one_tap)]
+
+
 class Controller(wiring.Component):
     """Sequencer for ``for layer: for oy, ox: for lane group g: for ky, kx, ci: MAC``.
 
@@ -132,14 +141,13 @@ class Controller(wiring.Component):
         # index (its flag is the constant 1), and with one kernel tap in every layer the input channel
         # level ends with the group (its flag is k's).
         zero = {n: Array(C(int(getattr(x, n) == 1), 1) for x in d) for n in LOOP_COUNTS}
-        uncounted = {n for n in LOOP_COUNTS if all(getattr(x, n) == 1 for x in d)}
+        uncounted = set(LOOP_COUNTS) - set(counted_levels(d))
         cfg_zero = {n: Signal(name=f"cfg_{n}_zero", reset_less=True) for n in LOOP_COUNTS}
         rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}", reset_less=True)
                for n in LOOP_COUNTS}
         end = {n: C(1, 1) if n in uncounted else Signal(name=f"end_{n}", reset_less=True) for n in LOOP_COUNTS}
-        if all(x.kw == x.kh == 1 for x in d) and "ci" not in uncounted:
-            uncounted.add("ci")
-            end["ci"] = end["k"]
+        if all(x.kw == x.kh == 1 for x in d) and any(x.ci != 1 for x in d):
+            end["ci"] = end["k"]  # one kernel tap in every layer: the channel level ends with the group
         first_cfg = {f: table[f][0] for f in values}  # the first layer's descriptor (constants)
         first_zero = {n: zero[n][0] for n in LOOP_COUNTS}
 

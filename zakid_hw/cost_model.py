@@ -15,7 +15,7 @@ import math
 
 from rtl_gen.accelerator import weight_word_values
 from rtl_gen.config import AccelConfig
-from rtl_gen.controller import FIELDS
+from rtl_gen.controller import FIELDS, counted_levels
 from rtl_gen.spram import spram_blocks
 
 from . import schedule
@@ -24,14 +24,15 @@ from . import schedule
 #: bench/cost_calibration.json and bench/models_results.json, each compiled again (the ones marked fixed
 #: are set by hand: too few builds vary them)
 LC = {
-    "base": 340.9,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
+    "base": 257.8,         # host link, UART, controller, drain and bias stage, cycle counter, pipeline
     "lane": 20.0,          # per MAC lane: centring and padding multiplexers, read and weight registers (fixed)
     "acc_bit": 2.675,      # per lane and accumulator bit: accumulator, max compare, drain register (fixed)
-    "lut_mult_bit": 20.8,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
-    "affine": 763.6,       # the affine requantizer's arithmetic (the DS-CNNs, some TFC and digits builds)
-    "logic_rom_bit": 0.2754,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
-    "spram": 473.4,        # the SPI flash loader and SPRAM glue
-    "descriptor_bit": 9.363,  # per bit of the layer table that differs between layers (descriptor_bits)
+    "lut_mult_bit": 17.54,  # per logic-cell lane and weight bit: a shift-and-add multiplier term
+    "affine": 635.1,       # the affine requantizer's arithmetic (the DS-CNNs, some TFC and digits builds)
+    "logic_rom_bit": 0.2335,  # per kept bit of a read-only memory (tables, biases) Yosys puts in logic cells
+    "spram": 360.8,        # the SPI flash loader and SPRAM glue
+    "descriptor_bit": 0.7975,  # per bit of the layer table that differs between layers (descriptor_bits)
+    "loop_level": 179.4,     # per loop level with a counter of its own (rtl_gen.controller.counted_levels)
     # a "col" pair layer (schedule.col_pairs): per bit of bank B's delay line, and the rest (B's code
     # multiplexer, the controller's row skip and first-row flag); fixed from the DS-CNNs' builds with and
     # without them (the same design otherwise): 4,580 -> 4,700 logic cells (C=64), 4,415 -> 4,524 (C=32)
@@ -144,6 +145,7 @@ def lc_terms(image, config: AccelConfig, plan: dict) -> dict:
         "logic_rom_bit": sum(m["kept_bits"] for m in plan.values() if m["read_only"] and m["place"] == "logic"),
         "spram": int(config.weights_in_spram),
         "descriptor_bit": descriptor_bits(image),
+        "loop_level": len(counted_levels(image.layers)),
         "col_delay_bit": 8 * (delay + 1) if delay else 0,
         "col": int(delay > 0),
     }
