@@ -108,10 +108,10 @@ class Controller(wiring.Component):
         aw, cw = self.addr_width, self.coord_width
         n_layers = len(d)
 
-        # Only the FSM, busy, done, layer and w_addr are reset: every other register is loaded in IDLE, which
-        # the FSM is in from reset (reset_less: no reset term in their clock-enable logic, whose chains
-        # were the longest paths of the smaller designs)
-        # the running layer's descriptor, latched from a constant table
+        # Only the FSM, busy, done, layer, desc_layer and w_addr are reset: every other register is loaded in
+        # IDLE, which the FSM is in from reset, or from the table entry of desc_layer (reset_less: no reset
+        # term in their clock-enable logic, whose chains were the longest paths of the smaller designs)
+        # the running layer's descriptor, from a constant table
         # loop bounds are kept as "last index" (count - 1) so that the end tests are plain equalities
         peek = peeks(d)
         col = any(col_delays(d))
