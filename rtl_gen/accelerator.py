@@ -298,12 +298,13 @@ class Accelerator(wiring.Component):
             b_pend, in_b = Signal(), Signal()
             b_addr, b_ch, b_n, b_bias = Signal.like(d_addr), Signal.like(d_ch), Signal.like(d_count), Signal.like(d_bias)
         with m.If(fin["last"]):
+            first_bias = b_base[fin["layer"]] + fin["ch"]  # the group's first channel's (A's and B's)
             m.d.sync += [drain.eq(macs.acc), d_count.eq(fin["n"]), d_addr.eq(fin["base"]), d_ch.eq(fin["ch"]),
-                         d_layer.eq(fin["layer"]), d_byte.eq(0), d_bias.eq(b_base[fin["layer"]] + fin["ch"])]
+                         d_layer.eq(fin["layer"]), d_byte.eq(0), d_bias.eq(first_bias)]
             if paired:
                 m.d.sync += [drain_b.eq(macs_b.acc), in_b.eq(0), b_pend.eq(fin["pb"]), b_ch.eq(fin["ch"]),
                              b_n.eq(fin["n"]), b_addr.eq(fin["base"] + pair_out[fin["layer"]]),
-                             b_bias.eq(b_base[fin["layer"]] + fin["ch"])]
+                             b_bias.eq(first_bias)]
         with m.Elif(d_count != 0):
             m.d.sync += d_addr.eq(d_addr + 1)
             with m.If(lane_done):

@@ -141,10 +141,11 @@ class Controller(wiring.Component):
         # index (its flag is the constant 1), and with one kernel tap in every layer the input channel
         # level ends with the group (its flag is k's).
         zero = {n: Array(C(int(getattr(x, n) == 1), 1) for x in d) for n in LOOP_COUNTS}
-        uncounted = set(LOOP_COUNTS) - set(counted_levels(d))
-        cfg_zero = {n: Signal(name=f"cfg_{n}_zero", reset_less=True) for n in LOOP_COUNTS}
+        counted = counted_levels(d)
+        uncounted = set(LOOP_COUNTS) - set(counted)
+        cfg_zero = {n: Signal(name=f"cfg_{n}_zero", reset_less=True) for n in counted}
         rem = {n: Signal(bits_for(max(getattr(x, n) for x in d)), name=f"rem_{n}", reset_less=True)
-               for n in LOOP_COUNTS}
+               for n in counted}
         end = {n: C(1, 1) if n in uncounted else Signal(name=f"end_{n}", reset_less=True) for n in LOOP_COUNTS}
         if all(x.kw == x.kh == 1 for x in d) and any(x.ci != 1 for x in d):
             end["ci"] = end["k"]  # one kernel tap in every layer: the channel level ends with the group
@@ -158,7 +159,7 @@ class Controller(wiring.Component):
         # and in time for a start in IDLE's first cycle.
         desc_layer = Signal(range(n_layers))
         m.d.sync += [*(cfg[f].eq(table[f][desc_layer]) for f in values if f not in fixed),
-                     *(cfg_zero[n].eq(zero[n][desc_layer]) for n in LOOP_COUNTS if n not in uncounted)]
+                     *(cfg_zero[n].eq(zero[n][desc_layer]) for n in counted)]
 
         def count_down(counter, at_end):  # a down-counter and its end flag, registered a cycle ahead
             return [counter.eq(counter - 1), at_end.eq(counter == 1)]

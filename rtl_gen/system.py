@@ -9,7 +9,8 @@ from .flash_loader import SpiFlashLoader, wake_cycles_for
 from .host_link import HostLink
 from zakid_hw.flash_image import WEIGHTS_OFFSET
 
-CORE_PORTS = ("in_we", "in_addr", "in_data", "start", "out_addr")   # link -> core
+CORE_PORTS = ("in_we", "in_addr", "in_data", "start")   # link -> core, through a register
+READ_PORTS = ("out_addr",)                               # link -> core, direct
 LINK_PORTS = ("busy", "done", "out_data", "cycles")                  # core -> link
 
 
@@ -50,8 +51,8 @@ class AcceleratorSystem(wiring.Component):
         # the link's input writes and its start reach the core through a register, a cycle later (the link
         # sits by the UART pins, the activation memory may be across the chip: the receiver's timer to the
         # memory's write enable was TFC-w2a2's critical path); the last write still comes before start
-        m.d.sync += [getattr(core, p).eq(getattr(link, p)) for p in CORE_PORTS if p != "out_addr"]
-        m.d.comb += core.out_addr.eq(link.out_addr)
+        m.d.sync += [getattr(core, p).eq(getattr(link, p)) for p in CORE_PORTS]
+        m.d.comb += [getattr(core, p).eq(getattr(link, p)) for p in READ_PORTS]
         m.d.comb += [getattr(link, p).eq(getattr(core, p)) for p in LINK_PORTS]
         if self.config.weights_in_spram:
             m.submodules.loader = loader = SpiFlashLoader(**weight_loader_params(self.config, self.image))
