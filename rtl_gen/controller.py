@@ -70,7 +70,9 @@ class Controller(wiring.Component):
     at least :data:`zakid_hw.cycle_model.GROUP_SPACING` cycles apart. So a group of ``k`` steps opens right
     after the group before when ``k >= t``, ``t = max(n, GROUP_SPACING)`` of that group
     (:func:`zakid_hw.cycle_model.group_turn`), and otherwise waits ``t - k`` cycles (state GROUP), so that
-    its last step comes ``t`` cycles after the group before's. After a layer's last step the controller
+    its last step comes ``t`` cycles after the group before's. Because of that spacing, what a group's last
+    step does next (next group, pixel, row or layer end) and the sums it loads are registered a cycle ahead,
+    from the end flags and the registers as they stand. After a layer's last step the controller
     loads the next layer's descriptor, sets up its counters and starts it the layer's ``tail`` cycles later
     (see :func:`zakid_hw.cycle_model.layer_tails`: when everything is written, or earlier for a pointwise layer
     that chains); after the last layer's tail it signals ``done``. The first layer's set-up is done while
@@ -126,6 +128,12 @@ class Controller(wiring.Component):
             values.update({f"wait_{name}_left": [max(v - 1, 0) for v in w],
                            f"wait_{name}_one": [int(v == 1) for v in w], f"wait_{name}_any": [int(v > 0) for v in w]})
         values.update(tail_left=[x.tail - 2 for x in d], tail_two=[int(x.tail == 2) for x in d])
+        # the first values of the outer levels' sums (see `ahead` below)
+        values.update(next_px=[x.start + x.inc_ox for x in d], next_line=[x.start + x.inc_oy for x in d],
+                      next_ix=[x.ix0 + x.sx for x in d], next_iy=[x.iy0 + x.sy for x in d],
+                      next_opix=[x.out_base + x.out_pitch for x in d])
+        if col:
+            values.update(next_orow=[x.out_base + x.out_pitch + x.out_row for x in d])
         vw = max(aw, 1 + bits_for(max(abs(v) for vs in values.values() for v in vs)))
         table = {f: Array(C(v, signed(vw)) for v in vs) for f, vs in values.items()}
         # a field with the same value in every layer is a constant, not a register: synthesis then folds
@@ -185,6 +193,16 @@ class Controller(wiring.Component):
         goff = Signal(self.ch_width, reset_less=True)
         # sums modulo the address range
         o_pix, ooff = Signal(self.out_width, reset_less=True), Signal(self.out_width, reset_less=True)
+        # The outer levels' next values, the sums a group's last step loads, registered a cycle ahead (from
+        # the layer table when a layer starts): they are in time, because a group's last step, which
+        # changes them, comes GROUP_SPACING cycles after the one before (or after FLUSH).
+        ahead = {"px": (a_px, "inc_ox"), "line": (a_line, "inc_oy"), "ix": (ix_px, "sx"), "iy": (iy_px, "sy"),
+                 "opix": (o_pix, "out_pitch")}
+        nx = {n: Signal.like(reg, name=f"next_{n}") for n, (reg, _) in ahead.items()}
+        m.d.sync += [nx[n].eq(reg + cfg[inc]) for n, (reg, inc) in ahead.items()]
+        if col:
+            nx["orow"] = Signal.like(o_pix, name="next_orow")
+            m.d.sync += nx["orow"].eq(o_pix + cfg["out_pitch"] + cfg["out_row"])
         first = Signal(reset_less=True)  # the next step starts a group
         first_row = Signal(reset_less=True)  # a "col" pair layer's first row of pairs (its B may be missing)
 
@@ -215,11 +233,27 @@ class Controller(wiring.Component):
         m.d.sync += self.done.eq(0)
 
         def init_layer(src=cfg, src_zero=cfg_zero):
+            ends = [C(1, 1) if n in uncounted else src_zero[n] for n in ("groups", "ow", "oh")]
             return [ci.eq(0), ci_rd.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
+                    *actions_of(*ends), *(nx[n].eq(src[f"next_{n}"]) for n in nx),
                     a_line.eq(src["start"]), a_px.eq(src["start"]), a_ky.eq(src["start"]), a_kx.eq(src["start"]),
                     iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
                     goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"]),
                     *[first_row.eq(1)] * col]
+
+        # What a group's last step does next, from the outer levels' end flags: the next group of the pixel,
+        # the next pixel of the row, the next row, or the layer's end. One-hot registers, so the many
+        # registers these steps load take a two-level enable instead of the chain through the end flags
+        # (the longest path of the CNNs). They follow the end flags a cycle later, which is in time: the
+        # flags change at a group's last step, and the next one comes GROUP_SPACING cycles later or after
+        # FLUSH, where they are set together with the flags.
+        act = {a: Signal(name=f"act_{a}", reset_less=True) for a in ("group", "ow", "oh", "end")}
+
+        def actions_of(e_groups, e_ow, e_oh):
+            return [act["group"].eq(~e_groups), act["ow"].eq(e_groups & ~e_ow),
+                    act["oh"].eq(e_groups & e_ow & ~e_oh), act["end"].eq(e_groups & e_ow & e_oh)]
+
+        m.d.sync += actions_of(end["groups"], end["ow"], end["oh"])
 
         wait = Signal(bits_for(max(x.tail for x in d)), reset_less=True)
         wait_end = Signal(reset_less=True)
@@ -258,33 +292,31 @@ class Controller(wiring.Component):
                                      iy_k.eq(iy_k + cfg["dy"])]
                 with m.Else():  # the group's last step
                     m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh"), *restart("k")]
-                    def gw(part):  # the wait after this group: after a pixel's last group, or a full one
-                        return Mux(end["groups"], cfg[f"wait_last_{part}"], cfg[f"wait_full_{part}"])
+                    def gw(part):  # the wait after this group: after a full one, or after a pixel's last group
+                        return Mux(act["group"], cfg[f"wait_full_{part}"], cfg[f"wait_last_{part}"])
                     with m.If(gw("any")[0]):  # GROUP for the wait's cycles, then the next group's first step
                         m.d.sync += [gwait.eq(gw("left")), gwait_end.eq(gw("one")[0])]
                         m.next = "GROUP"
-                    with m.If(~end["groups"]):
+                    # one of the four (act is one-hot), each its own condition: no priority chain
+                    with m.If(act["group"]):
                         m.d.sync += [*step("groups"), goff.eq(goff + L), ooff.eq(ooff + cfg["out_group_step"]),
                                      a_ky.eq(a_px), a_kx.eq(a_px), iy_k.eq(iy_px), ix_k.eq(ix_px)]
-                    with m.Else():
+                    with m.Else():  # the pixel's last group
                         m.d.sync += [*restart("groups"), goff.eq(0), ooff.eq(0), self.w_addr.eq(cfg["w_base"]),
-                                     o_pix.eq(o_pix + cfg["out_pitch"])]
-                        with m.If(~end["ow"]):
-                            m.d.sync += [*step("ow"), a_px.eq(a_px + cfg["inc_ox"]),
-                                         a_ky.eq(a_px + cfg["inc_ox"]), a_kx.eq(a_px + cfg["inc_ox"]),
-                                         ix_px.eq(ix_px + cfg["sx"]), ix_k.eq(ix_px + cfg["sx"]), iy_k.eq(iy_px)]
-                        with m.Elif(~end["oh"]):
-                            if col:  # a "col" layer's next row of pairs: its A pixels are two rows down
-                                m.d.sync += [first_row.eq(0), o_pix.eq(o_pix + cfg["out_pitch"] + cfg["out_row"])]
-                            m.d.sync += [*restart("ow"), *step("oh"), a_line.eq(a_line + cfg["inc_oy"]),
-                                         a_px.eq(a_line + cfg["inc_oy"]), a_ky.eq(a_line + cfg["inc_oy"]),
-                                         a_kx.eq(a_line + cfg["inc_oy"]), ix_px.eq(cfg["ix0"]),
-                                         ix_k.eq(cfg["ix0"]), iy_px.eq(iy_px + cfg["sy"]),
-                                         iy_k.eq(iy_px + cfg["sy"])]
-                        with m.Else():  # the layer's last step
-                            m.d.sync += [wait.eq(cfg["tail_left"]), wait_end.eq(cfg["tail_two"][0]),
-                                         desc_layer.eq(Mux(self.layer == n_layers - 1, self.layer, self.layer + 1))]
-                            m.next = "FLUSH"
+                                     o_pix.eq(nx["opix"])]
+                    with m.If(act["ow"]):
+                        m.d.sync += [*step("ow"), a_px.eq(nx["px"]), a_ky.eq(nx["px"]), a_kx.eq(nx["px"]),
+                                     ix_px.eq(nx["ix"]), ix_k.eq(nx["ix"]), iy_k.eq(iy_px)]
+                    with m.If(act["oh"]):
+                        if col:  # a "col" layer's next row of pairs: its A pixels are two rows down
+                            m.d.sync += [first_row.eq(0), o_pix.eq(nx["orow"])]
+                        m.d.sync += [*restart("ow"), *step("oh"), a_line.eq(nx["line"]), a_px.eq(nx["line"]),
+                                     a_ky.eq(nx["line"]), a_kx.eq(nx["line"]), ix_px.eq(cfg["ix0"]),
+                                     ix_k.eq(cfg["ix0"]), iy_px.eq(nx["iy"]), iy_k.eq(nx["iy"])]
+                    with m.If(act["end"]):  # the layer's last step
+                        m.d.sync += [wait.eq(cfg["tail_left"]), wait_end.eq(cfg["tail_two"][0]),
+                                     desc_layer.eq(Mux(self.layer == n_layers - 1, self.layer, self.layer + 1))]
+                        m.next = "FLUSH"
             with m.State("FLUSH"):
                 # the descriptor registers take the next layer's entry (desc_layer); set up its counters
                 # from them (from the second cycle on they hold the right values; the tail is at least
