@@ -181,6 +181,28 @@ class Controller(wiring.Component):
         def restart_ci():  # the input channel loop from its first step
             return [ci.eq(0), ci_rd.eq(0), *restart("ci")]
 
+        # What a step that is not its group's last does: the next input channel, kernel column or kernel
+        # row. One-hot registers set in the cycle before, from the values the end flags take at the same
+        # edge, so that the registers these steps load have a short enable instead of a chain through the
+        # end flags (with the outer levels' `act` below, the controller's longest paths).
+        take = {a: Signal(name=f"take_{a}", reset_less=True) for a in ("ci", "kw", "kh")}
+
+        def end_after(n, how, src_zero=cfg_zero):  # the value end[n] takes at the next edge
+            if n == "ci" and end["ci"] is end["k"]:
+                n = "k"
+            if how == "hold":
+                return end[n]
+            if n in uncounted:
+                return C(1, 1)
+            return rem[n] == 1 if how == "step" else src_zero[n]
+
+        def takes(k, ci_, kw, src_zero=cfg_zero):  # take's next values: how k, ci and kw move at this edge
+            e_k, e_ci, e_kw = (end_after(n, how, src_zero) for n, how in (("k", k), ("ci", ci_), ("kw", kw)))
+            return [take["ci"].eq(~e_k & ~e_ci), take["kw"].eq(~e_k & e_ci & ~e_kw),
+                    take["kh"].eq(~e_k & e_ci & e_kw)]
+
+        m.d.sync += takes("hold", "hold", "hold")
+
         ci = Signal(signed(bits_for(max(x.ci for x in d)) + 1), reset_less=True)
         # the byte of the step's read within the pixel: ci, plus pair_in for B's
         ci_rd = Signal(bits_for(max(x.ci + x.pair_in for x in d)), reset_less=True)
@@ -235,7 +257,7 @@ class Controller(wiring.Component):
         def init_layer(src=cfg, src_zero=cfg_zero):
             ends = [C(1, 1) if n in uncounted else src_zero[n] for n in ("groups", "ow", "oh")]
             return [ci.eq(0), ci_rd.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
-                    *actions_of(*ends), *(nx[n].eq(src[f"next_{n}"]) for n in nx),
+                    *actions_of(*ends), *takes("restart", "restart", "restart", src_zero), *(nx[n].eq(src[f"next_{n}"]) for n in nx),
                     a_line.eq(src["start"]), a_px.eq(src["start"]), a_ky.eq(src["start"]), a_kx.eq(src["start"]),
                     iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
                     goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"]),
@@ -276,22 +298,24 @@ class Controller(wiring.Component):
             with m.State("ISSUE"):
                 m.d.comb += self.issue.eq(1)
                 m.d.sync += [self.w_addr.eq(self.w_addr + 1), first.eq(group_end)]
+                # take (one-hot, all clear at the group's last step) and group_end, each its own condition
                 with m.If(~group_end):
                     m.d.sync += step("k")
-                    with m.If(~end["ci"]):
-                        # a pair layer's next step reads B's word when this one is its word's first
-                        m.d.sync += [ci.eq(ci + 1),
-                                     ci_rd.eq(ci + 1 + Mux(cfg["pair"][0] & (word_pos == 0), cfg["pair_in"], 0)),
-                                     *step("ci")]
-                    with m.Elif(~end["kw"]):
-                        m.d.sync += [*restart_ci(), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
-                                     ix_k.eq(ix_k + cfg["dx"])]
-                    with m.Else():  # not the group's last step, so ci and kw end and kh does not
-                        m.d.sync += [*restart_ci(), *restart("kw"), *step("kh"),
-                                     a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
-                                     iy_k.eq(iy_k + cfg["dy"])]
-                with m.Else():  # the group's last step
-                    m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh"), *restart("k")]
+                with m.If(take["ci"]):
+                    # a pair layer's next step reads B's word when this one is its word's first
+                    m.d.sync += [ci.eq(ci + 1),
+                                 ci_rd.eq(ci + 1 + Mux(cfg["pair"][0] & (word_pos == 0), cfg["pair_in"], 0)),
+                                 *step("ci"), *takes("step", "step", "hold")]
+                with m.If(take["kw"]):
+                    m.d.sync += [*restart_ci(), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
+                                 ix_k.eq(ix_k + cfg["dx"]), *takes("step", "restart", "step")]
+                with m.If(take["kh"]):  # not the group's last step, so ci and kw end and kh does not
+                    m.d.sync += [*restart_ci(), *restart("kw"), *step("kh"),
+                                 a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
+                                 iy_k.eq(iy_k + cfg["dy"]), *takes("step", "restart", "restart")]
+                with m.If(group_end):  # the group's last step
+                    m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh"), *restart("k"),
+                                 *takes("restart", "restart", "restart")]
                     def gw(part):  # the wait after this group: after a full one, or after a pixel's last group
                         return Mux(act["group"], cfg[f"wait_full_{part}"], cfg[f"wait_last_{part}"])
                     with m.If(gw("any")[0]):  # GROUP for the wait's cycles, then the next group's first step
