@@ -128,12 +128,6 @@ class Controller(wiring.Component):
             values.update({f"wait_{name}_left": [max(v - 1, 0) for v in w],
                            f"wait_{name}_one": [int(v == 1) for v in w], f"wait_{name}_any": [int(v > 0) for v in w]})
         values.update(tail_left=[x.tail - 2 for x in d], tail_two=[int(x.tail == 2) for x in d])
-        # the first values of the outer levels' sums (see `ahead` below)
-        values.update(next_px=[x.start + x.inc_ox for x in d], next_line=[x.start + x.inc_oy for x in d],
-                      next_ix=[x.ix0 + x.sx for x in d], next_iy=[x.iy0 + x.sy for x in d],
-                      next_opix=[x.out_base + x.out_pitch for x in d])
-        if col:
-            values.update(next_orow=[x.out_base + x.out_pitch + x.out_row for x in d])
         vw = max(aw, 1 + bits_for(max(abs(v) for vs in values.values() for v in vs)))
         table = {f: Array(C(v, signed(vw)) for v in vs) for f, vs in values.items()}
         # a field with the same value in every layer is a constant, not a register: synthesis then folds
@@ -215,16 +209,22 @@ class Controller(wiring.Component):
         goff = Signal(self.ch_width, reset_less=True)
         # sums modulo the address range
         o_pix, ooff = Signal(self.out_width, reset_less=True), Signal(self.out_width, reset_less=True)
-        # The outer levels' next values, the sums a group's last step loads, registered a cycle ahead (from
-        # the layer table when a layer starts): they are in time, because a group's last step, which
-        # changes them, comes GROUP_SPACING cycles after the one before (or after FLUSH).
+        # The outer levels' next values, the sums a group's last step loads, registered a cycle ahead: they
+        # are in time, because a group's last step, which changes them, comes GROUP_SPACING cycles after
+        # the one before, of whichever layer (FLUSH loads the next layer's registers by its second cycle).
+        # Only in IDLE they are set with the registers, to the first layer's (constant) sums, for a start
+        # in IDLE's first cycle.
         ahead = {"px": (a_px, "inc_ox"), "line": (a_line, "inc_oy"), "ix": (ix_px, "sx"), "iy": (iy_px, "sy"),
                  "opix": (o_pix, "out_pitch")}
         nx = {n: Signal.like(reg, name=f"next_{n}") for n, (reg, _) in ahead.items()}
         m.d.sync += [nx[n].eq(reg + cfg[inc]) for n, (reg, inc) in ahead.items()]
+        x0 = d[0]
+        first_nx = {"px": x0.start + x0.inc_ox, "line": x0.start + x0.inc_oy, "ix": x0.ix0 + x0.sx,
+                    "iy": x0.iy0 + x0.sy, "opix": x0.out_base + x0.out_pitch}
         if col:
             nx["orow"] = Signal.like(o_pix, name="next_orow")
             m.d.sync += nx["orow"].eq(o_pix + cfg["out_pitch"] + cfg["out_row"])
+            first_nx["orow"] = x0.out_base + x0.out_pitch + x0.out_row
         first = Signal(reset_less=True)  # the next step starts a group
         first_row = Signal(reset_less=True)  # a "col" pair layer's first row of pairs (its B may be missing)
 
@@ -257,7 +257,7 @@ class Controller(wiring.Component):
         def init_layer(src=cfg, src_zero=cfg_zero):
             ends = [C(1, 1) if n in uncounted else src_zero[n] for n in ("groups", "ow", "oh")]
             return [ci.eq(0), ci_rd.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
-                    *actions_of(*ends), *takes("restart", "restart", "restart", src_zero), *(nx[n].eq(src[f"next_{n}"]) for n in nx),
+                    *actions_of(*ends), *takes("restart", "restart", "restart", src_zero),
                     a_line.eq(src["start"]), a_px.eq(src["start"]), a_ky.eq(src["start"]), a_kx.eq(src["start"]),
                     iy_px.eq(src["iy0"]), ix_px.eq(src["ix0"]), iy_k.eq(src["iy0"]), ix_k.eq(src["ix0"]),
                     goff.eq(0), ooff.eq(0), o_pix.eq(src["out_base"]), self.w_addr.eq(src["w_base"]),
@@ -288,7 +288,7 @@ class Controller(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 # the first layer's descriptor and counters are ready before start
-                m.d.sync += init_layer(first_cfg, first_zero)
+                m.d.sync += [*init_layer(first_cfg, first_zero), *(nx[n].eq(v) for n, v in first_nx.items())]
                 with m.If(self.start):
                     m.d.sync += [self.busy.eq(1), self.layer.eq(0)]
                     m.next = "ISSUE"
