@@ -201,6 +201,23 @@ def cnn_pv(rng, dtype="int8"):
     return b.graph(t)
 
 
+def cnn_k1(rng, dtype="int8"):
+    """layers of one MAC step per lane group, so that a pixel's last group comes right at the start of a
+    layer or a lane group's turn at the drain after the one before (the controller registers what the next
+    pixel and row take a cycle ahead): a 1x1 convolution of a one-channel input into 3 channels (one lane
+    group with 4 lanes), first, as the controller starts it from idle; a depthwise 1x1 one; 1x1 into 6
+    channels (two lane groups); 1x1 down to one channel; 1x1 with stride 2 into 3 channels, after a layer;
+    and a dense layer."""
+    b = IRBuilder(rng, (1, 1, 4, 5), dtype, "cnn_k1")
+    t = b.conv("x", 3, k=(1, 1), pads=(0, 0, 0, 0))
+    t = b.conv(t, 3, k=(1, 1), pads=(0, 0, 0, 0), group=3)
+    t = b.conv(t, 6, k=(1, 1), pads=(0, 0, 0, 0))
+    t = b.conv(t, 1, k=(1, 1), pads=(0, 0, 0, 0))
+    t = b.conv(t, 3, k=(1, 1), strides=(2, 2), pads=(0, 0, 0, 0))
+    t = b.dense(b.flatten(t), 4)
+    return b.graph(t)
+
+
 def cnn_raw(rng, dtype="int8"):
     """a conv whose last dense layer hands its raw accumulators to the host (as QONNX models end)."""
     b = IRBuilder(rng, (1, 2, 4, 4), dtype, "cnn_raw")

@@ -18,6 +18,7 @@ from zakid_hw.simulate import signed_codes
     (irzoo.cnn_c, 4, 4, "int8", "tables", 1),
     (irzoo.cnn_c, 8, 8, "uint8", "affine", 1),
     (irzoo.cnn_raw, 4, 4, "uint8", "affine", 1),
+    (irzoo.cnn_k1, 4, 4, "int8", "tables", 1),  # one step per lane group, in the first layer and after one
     (irzoo.cnn_pw, 4, 4, "uint8", "tables", 2),  # three pointwise layers on two pixels at once
     (irzoo.cnn_pw, 4, 4, "int8", "affine", 1),  # the same one pixel at a time: each starts while the layer
                                                 # before drains (cycle_model.can_chain)

@@ -61,7 +61,8 @@ def run(make, lanes, pixels):
 
 
 @pytest.mark.parametrize("make,lanes,pixels", [(irzoo.cnn_a, 4, 1), (irzoo.cnn_pw, 4, 2), (irzoo.cnn_pk, 8, 2),
-                                               (irzoo.cnn_ps, 4, 2), (irzoo.cnn_pc, 4, 2), (irzoo.mlp_p, 4, 1)])
+                                               (irzoo.cnn_ps, 4, 2), (irzoo.cnn_pc, 4, 2), (irzoo.mlp_p, 4, 1),
+                                               (irzoo.cnn_k1, 4, 1)])
 def test_same_steps_after_an_inference_and_after_a_reset(make, lanes, pixels):
     image, (first, again, after_reset) = run(make, lanes, pixels)
     issue, layer = PORTS.index("issue"), PORTS.index("layer")
