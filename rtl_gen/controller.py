@@ -70,10 +70,12 @@ class Controller(wiring.Component):
     at least :data:`zakid_hw.cycle_model.GROUP_SPACING` cycles apart. So a group of ``k`` steps opens right
     after the group before when ``k >= t``, ``t = max(n, GROUP_SPACING)`` of that group
     (:func:`zakid_hw.cycle_model.group_turn`), and otherwise waits ``t - k`` cycles (state GROUP), so that
-    its last step comes ``t`` cycles after the group before's. Because of that spacing, what a group's last
-    step does next (next group, pixel, row or layer end) and the sums it loads are registered a cycle ahead,
-    from the end flags and the registers as they stand. After a layer's last step the controller
-    loads the next layer's descriptor, sets up its counters and starts it the layer's ``tail`` cycles later
+    its last step comes ``t`` cycles after the group before's. What each step does next (the next input
+    channel, kernel column or kernel row; at a group's last step the next group, pixel, row or the layer's
+    end) is a one-hot register set a cycle ahead; because of that spacing, the outer ones and the sums the
+    pixel and row steps load may follow the end flags and the registers a cycle late. After a layer's last
+    step the controller loads the next layer's descriptor, sets up its counters and starts it the layer's
+    ``tail`` cycles later
     (see :func:`zakid_hw.cycle_model.layer_tails`: when everything is written, or earlier for a pointwise layer
     that chains); after the last layer's tail it signals ``done``. The first layer's set-up is done while
     idle.
@@ -265,8 +267,8 @@ class Controller(wiring.Component):
 
         # What a group's last step does next, from the outer levels' end flags: the next group of the pixel,
         # the next pixel of the row, the next row, or the layer's end. One-hot registers, so the many
-        # registers these steps load take a two-level enable instead of the chain through the end flags
-        # (the longest path of the CNNs). They follow the end flags a cycle later, which is in time: the
+        # registers these steps load take a short enable instead of the chain through the end flags
+        # (the CNNs' longest path before). They follow the end flags a cycle later, which is in time: the
         # flags change at a group's last step, and the next one comes GROUP_SPACING cycles later or after
         # FLUSH, where they are set together with the flags.
         act = {a: Signal(name=f"act_{a}", reset_less=True) for a in ("group", "ow", "oh", "end")}
