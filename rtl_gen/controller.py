@@ -216,17 +216,15 @@ class Controller(wiring.Component):
         # the one before, of whichever layer (FLUSH loads the next layer's registers by its second cycle).
         # Only in IDLE they are set with the registers, to the first layer's (constant) sums, for a start
         # in IDLE's first cycle.
-        ahead = {"px": (a_px, "inc_ox"), "line": (a_line, "inc_oy"), "ix": (ix_px, "sx"), "iy": (iy_px, "sy"),
-                 "opix": (o_pix, "out_pitch")}
-        nx = {n: Signal.like(reg, name=f"next_{n}") for n, (reg, _) in ahead.items()}
-        m.d.sync += [nx[n].eq(reg + cfg[inc]) for n, (reg, inc) in ahead.items()]
-        x0 = d[0]
-        first_nx = {"px": x0.start + x0.inc_ox, "line": x0.start + x0.inc_oy, "ix": x0.ix0 + x0.sx,
-                    "iy": x0.iy0 + x0.sy, "opix": x0.out_base + x0.out_pitch}
-        if col:
-            nx["orow"] = Signal.like(o_pix, name="next_orow")
-            m.d.sync += nx["orow"].eq(o_pix + cfg["out_pitch"] + cfg["out_row"])
-            first_nx["orow"] = x0.out_base + x0.out_pitch + x0.out_row
+        # name: (register, the descriptor field it starts a layer at, the fields added to it)
+        ahead = {"px": (a_px, "start", ("inc_ox",)), "line": (a_line, "start", ("inc_oy",)),
+                 "ix": (ix_px, "ix0", ("sx",)), "iy": (iy_px, "iy0", ("sy",)),
+                 "opix": (o_pix, "out_base", ("out_pitch",))}
+        if col:  # a "col" layer's next row of pairs, two rows down
+            ahead["orow"] = (o_pix, "out_base", ("out_pitch", "out_row"))
+        nx = {n: Signal.like(reg, name=f"next_{n}") for n, (reg, _, _) in ahead.items()}
+        m.d.sync += [nx[n].eq(sum((cfg[f] for f in incs), reg)) for n, (reg, _, incs) in ahead.items()]
+        first_nx = {n: getattr(d[0], f0) + sum(getattr(d[0], f) for f in incs) for n, (_, f0, incs) in ahead.items()}
         first = Signal(reset_less=True)  # the next step starts a group
         first_row = Signal(reset_less=True)  # a "col" pair layer's first row of pairs (its B may be missing)
 
@@ -257,7 +255,7 @@ class Controller(wiring.Component):
         m.d.sync += self.done.eq(0)
 
         def init_layer(src=cfg, src_zero=cfg_zero):
-            ends = [C(1, 1) if n in uncounted else src_zero[n] for n in ("groups", "ow", "oh")]
+            ends = (end_after(n, "restart", src_zero) for n in ("groups", "ow", "oh"))
             return [ci.eq(0), ci_rd.eq(0), first.eq(1), *(s for n in LOOP_COUNTS for s in restart(n, src, src_zero)),
                     *actions_of(*ends), *takes("restart", "restart", "restart", src_zero),
                     a_line.eq(src["start"]), a_px.eq(src["start"]), a_ky.eq(src["start"]), a_kx.eq(src["start"]),
