@@ -18,13 +18,11 @@ from .errors import ZakidError
 from .ir import Graph
 from .onnx_import import load_model
 
-#: default clock per device family member: what nextpnr closes for the generated designs with margin.
-#: On the UP5K the PLL's 42.75 MHz: at 6071d8a every seed 1-4 of the larger reference models met it
-#: (``zakid-hw build MODEL --fpga ice40 --clock F --seeds 4``): the C=64 DS-CNN 44.10-45.72 MHz and the
-#: C=32 one 42.98-46.54 at 42.75, mnist-8 46.42-50.41 and TFC-w2a2 46.65-49.92 at 40.5 (bench/README,
-#: "Clock"). On the HX8K, with no DSP blocks and a faster fabric, the digits MLP and TFC-w2a2 close
-#: 60 MHz at 73.4 and 103.4 MHz (bench/models_results.md); the HX1K has the HX8K's fabric
-DEFAULT_CLOCK_MHZ = {"up5k": 42.75, "hx8k": 60.0, "hx1k": 60.0}
+#: default clock per device family member: what nextpnr closes for the generated designs with margin
+#: (bench/models_results.md: on the UP5K every reference model closes 40.5 MHz; on the HX8K, with no DSP
+#: blocks and a faster fabric, the digits MLP and TFC-w2a2 close 60 MHz at 73.4 and 100.2 MHz; the HX1K
+#: has the HX8K's fabric)
+DEFAULT_CLOCK_MHZ = {"up5k": 40.5, "hx8k": 60.0, "hx1k": 60.0}
 #: the default for a design predicted to use at most SMALL_DESIGN_FILL of the device's logic cells: less
 #: congested, it closes a faster clock. Measured on the UP5K at 49.5 MHz at 0eda1a9, seeds 1 and 2
 #: (``zakid-hw build MODEL --fpga ice40 --clock 49.5 --seeds 2``): the digits MLP (61 % of the logic cells)
