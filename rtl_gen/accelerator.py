@@ -196,13 +196,17 @@ class Accelerator(wiring.Component):
             m.d.sync += word_q.eq(a_rd.data)
         lay = s2["layer"]
         q_bytes = Array(word_q[8 * i: 8 * i + 8] for i in range(L))
-        # the byte a broadcast layer's step reads (while idle, the one at the host's out_addr), chosen in
-        # stage 1 and registered beside word_q from the word word_q takes: the read data, or the word it
-        # keeps at a pair layer's held step. The lanes' byte multiplexer (32:1 for 32 lanes) is then off
-        # the path into the MAC array, which was TFC-w2a2's longest
+        # the byte a broadcast layer's step reads; while idle, the one at the host's out_addr (word_q
+        # follows the read data then: no pair layer's step holds it)
         byte_q = Signal(8)
-        src = Mux(s1["hold"], word_q, a_rd.data)
-        m.d.sync += byte_q.eq(Array(src[8 * i: 8 * i + 8] for i in range(L))[s1["sel"]])
+        if any(d.pair for d in descs):  # a pair layer's step may use a held word (ctrl.hold)
+            m.d.comb += byte_q.eq(q_bytes[s2["sel"]])
+        else:
+            # chosen from the read data in stage 1 and registered beside word_q: the lanes' byte multiplexer
+            # (32:1 for 32 lanes) is then off the path into the MAC array, TFC-w2a2's longest before. (With
+            # pair layers it would choose from the held word too: the C=64 DS-CNN then routed in up to
+            # twice the time, bench/README "Clock")
+            m.d.sync += byte_q.eq(Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))[s1["sel"]])
         m.d.sync += self.out_data.eq(byte_q)
 
         def centered(code):  # an int8 code as it is; a uint8 code minus 128 (see schedule.CENTER)

@@ -307,9 +307,12 @@ class Controller(wiring.Component):
                                  ci_rd.eq(ci + 1 + Mux(cfg["pair"][0] & (word_pos == 0), cfg["pair_in"], 0)),
                                  *step("ci"), *takes("step", "step", "hold")]
                 with m.If(take["kw"]):
-                    m.d.sync += [*restart_ci(), *step("kw"), *takes("step", "restart", "step")]
+                    m.d.sync += [*restart_ci(), *step("kw"), a_kx.eq(a_kx + cfg["inc_kx"]),
+                                 ix_k.eq(ix_k + cfg["dx"]), *takes("step", "restart", "step")]
                 with m.If(take["kh"]):  # not the group's last step, so ci and kw end and kh does not
-                    m.d.sync += [*restart_ci(), *restart("kw"), *step("kh"), *takes("step", "restart", "restart")]
+                    m.d.sync += [*restart_ci(), *restart("kw"), *step("kh"),
+                                 a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
+                                 iy_k.eq(iy_k + cfg["dy"]), *takes("step", "restart", "restart")]
                 with m.If(group_end):  # the group's last step
                     m.d.sync += [*restart_ci(), *restart("kw"), *restart("kh"), *restart("k"),
                                  *takes("restart", "restart", "restart")]
@@ -338,14 +341,6 @@ class Controller(wiring.Component):
                         m.d.sync += [wait.eq(cfg["tail_left"]), wait_end.eq(cfg["tail_two"][0]),
                                      desc_layer.eq(Mux(self.layer == n_layers - 1, self.layer, self.layer + 1))]
                         m.next = "FLUSH"
-                # the kernel steps' sums, after the group's last step's loads (one-hot conditions, so the order
-                # is free): the last assignment takes the multiplexer next to the register, so each adder
-                # passes one multiplexer, not the chain of the loads before it
-                with m.If(take["kw"]):
-                    m.d.sync += [a_kx.eq(a_kx + cfg["inc_kx"]), ix_k.eq(ix_k + cfg["dx"])]
-                with m.If(take["kh"]):
-                    m.d.sync += [a_ky.eq(a_ky + cfg["inc_ky"]), a_kx.eq(a_ky + cfg["inc_ky"]), ix_k.eq(ix_px),
-                                 iy_k.eq(iy_k + cfg["dy"])]
             with m.State("FLUSH"):
                 # the descriptor registers take the next layer's entry (desc_layer); set up its counters
                 # from them (from the second cycle on they hold the right values; the tail is at least
