@@ -195,7 +195,11 @@ class Accelerator(wiring.Component):
         with m.If(~s1["hold"]):
             m.d.sync += word_q.eq(a_rd.data)
         lay = s2["layer"]
-        q_bytes = Array(word_q[8 * i: 8 * i + 8] for i in range(L))
+
+        def lane_bytes(word):  # a memory word as its L bytes, one per lane, for a byte chosen at run time
+            return Array(word[8 * i: 8 * i + 8] for i in range(L))
+
+        q_bytes = lane_bytes(word_q)
         # the byte a broadcast layer's step reads; while idle, the one at the host's out_addr (word_q
         # follows the read data then: no pair layer's step holds it)
         byte_q = Signal(8)
@@ -206,7 +210,7 @@ class Accelerator(wiring.Component):
             # (32:1 for 32 lanes) is then off the path into the MAC array, TFC-w2a2's longest before. (With
             # pair layers it would choose from the held word too: the C=64 DS-CNN then routed in up to
             # twice the time, bench/README "Clock")
-            m.d.sync += byte_q.eq(Array(a_rd.data[8 * i: 8 * i + 8] for i in range(L))[s1["sel"]])
+            m.d.sync += byte_q.eq(lane_bytes(a_rd.data)[s1["sel"]])
         m.d.sync += self.out_data.eq(byte_q)
 
         def centered(code):  # an int8 code as it is; a uint8 code minus 128 (see schedule.CENTER)
@@ -242,8 +246,7 @@ class Accelerator(wiring.Component):
                 m.d.sync += [rdb[0].eq(s1["rdb"]), rdb[1].eq(rdb[0])]
                 sel_b = s2["sel"] + Array(C(int(x.pair_shift == 2), 1) for x in descs)[lay]
             m.d.sync += [s3["sel"].eq(sel_b), s3["layer"].eq(lay)]
-            b_bytes = Array(word_b[8 * i: 8 * i + 8] for i in range(L))
-            code_b = b_bytes[s3["sel"]]
+            code_b = lane_bytes(word_b)[s3["sel"]]
             if pads_pixel_b(descs):  # B's window may reach outside the input
                 inb_b = [Signal(name="s0_inb_b"), Signal(name="s1_inb_b"), Signal(name="inb_b")]
                 m.d.sync += [inb_b[0].eq(ctrl.rd_valid_b), inb_b[1].eq(inb_b[0])]
